@@ -1,0 +1,217 @@
+"""The GPT-2 model in one module: config with presets, transformer, KV cache.
+
+Parameter names follow Hugging Face's GPT2LMHeadModel (transformer.wte, transformer.h.0.attn.c_attn, ...)
+so weights map across by name; HF stores Conv1D weights transposed, which gptcore.hf handles.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+POS_EMBEDDINGS = ("learned", "sinusoidal")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 50257
+    context_length: int = 1024
+    emb_dim: int = 768
+    n_heads: int = 12
+    n_layers: int = 12
+    drop_rate: float = 0.1
+    qkv_bias: bool = False
+    tie_embeddings: bool = True
+    pos_embedding: str = "learned"  # "learned" (GPT-2) or "sinusoidal" (the seed's text)
+
+    def __post_init__(self):
+        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"model config: {name} must be a positive integer, got {value!r}")
+        if self.emb_dim % self.n_heads:
+            raise ValueError(
+                f"model config: emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads})")
+        if isinstance(self.drop_rate, bool) or not isinstance(self.drop_rate, (int, float)) \
+                or not 0.0 <= self.drop_rate < 1.0:
+            raise ValueError(f"model config: drop_rate must be in [0, 1), got {self.drop_rate!r}")
+        for name in ("qkv_bias", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"model config: {name} must be true or false, got {getattr(self, name)!r}")
+        if self.pos_embedding not in POS_EMBEDDINGS:
+            raise ValueError(
+                f"model config: pos_embedding must be one of {POS_EMBEDDINGS}, got {self.pos_embedding!r}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "ModelConfig":
+        if name not in PRESETS:
+            raise ValueError(f"model config: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"model config: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        return replace(PRESETS[name], **overrides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS = {
+    "gpt2-small": ModelConfig(n_layers=12, n_heads=12, emb_dim=768),  # 124M
+    "gpt2-medium": ModelConfig(n_layers=24, n_heads=16, emb_dim=1024),  # 355M
+    "gpt2-large": ModelConfig(n_layers=36, n_heads=20, emb_dim=1280),  # 774M
+    "gpt2-xl": ModelConfig(n_layers=48, n_heads=25, emb_dim=1600),  # 1558M
+    "tiny": ModelConfig(n_layers=2, n_heads=2, emb_dim=64, context_length=64),  # for tests
+}
+
+
+class KVCache:
+    """Pre-allocated keys/values for every layer: (n_layers, 2, B, n_heads, context_length, head_dim).
+
+    `length` counts the positions filled so far; a forward pass with the cache appends its tokens there.
+    """
+
+    def __init__(self, config: ModelConfig, batch_size: int, device, dtype):
+        head_dim = config.emb_dim // config.n_heads
+        shape = (config.n_layers, 2, batch_size, config.n_heads, config.context_length, head_dim)
+        self.buffer = torch.empty(shape, device=device, dtype=dtype)
+        self.capacity = config.context_length
+        self.length = 0
+
+    def reset(self):
+        self.length = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.drop_rate = config.drop_rate
+        self.c_attn = nn.Linear(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias)  # fused Q, K, V
+        self.c_proj = nn.Linear(config.emb_dim, config.emb_dim)
+        self.resid_dropout = nn.Dropout(config.drop_rate)
+
+    def forward(self, x, layer_cache=None, start=0):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        # (B, T, C) -> (B, n_heads, T, head_dim)
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        mask, causal = None, True
+        if layer_cache is not None:
+            layer_cache[0, :, :, start:start + T] = k
+            layer_cache[1, :, :, start:start + T] = v
+            k, v = layer_cache[0, :, :, :start + T], layer_cache[1, :, :, :start + T]
+            if start > 0:  # queries at positions start..start+T-1 see keys up to their own position
+                causal = False
+                if T > 1:
+                    mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+            dropout_p=self.drop_rate if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.emb_dim, 4 * config.emb_dim)
+        self.c_proj = nn.Linear(4 * config.emb_dim, config.emb_dim)
+        self.dropout = nn.Dropout(config.drop_rate)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LN block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); dropout sits inside attn and mlp."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.emb_dim, eps=1e-5)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.emb_dim, eps=1e-5)
+        self.mlp = MLP(config)
+
+    def forward(self, x, layer_cache=None, start=0):
+        x = x + self.attn(self.ln_1(x), layer_cache, start)
+        return x + self.mlp(self.ln_2(x))
+
+
+def sinusoidal_table(context_length: int, emb_dim: int) -> torch.Tensor:
+    """(context_length, emb_dim) table of Vaswani et al.: sin on even, cos on odd dimensions."""
+    position = torch.arange(context_length, dtype=torch.float32).unsqueeze(1)
+    frequency = torch.exp(torch.arange(0, emb_dim, 2, dtype=torch.float32) * (-math.log(10000.0) / emb_dim))
+    table = torch.zeros(context_length, emb_dim)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: emb_dim // 2])
+    return table
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.emb_dim),
+            drop=nn.Dropout(config.drop_rate),
+            h=nn.ModuleList(Block(config) for _ in range(config.n_layers)),
+            ln_f=nn.LayerNorm(config.emb_dim, eps=1e-5),
+        ))
+        if config.pos_embedding == "learned":
+            self.transformer.wpe = nn.Embedding(config.context_length, config.emb_dim)
+        else:  # fixed, so a buffer rather than a parameter
+            self.register_buffer("sinusoidal_pos", sinusoidal_table(config.context_length, config.emb_dim),
+                                 persistent=False)
+        self.lm_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2 scales the residual projections by 1/sqrt(2 * n_layers) (two per block)
+        for name, param in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self) -> int:
+        """Distinct parameters: a tied output head is counted once, as OpenAI's 124M does."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, last_token_only=False):
+        """idx (B, T) token ids -> logits (B, T, vocab) or (B, 1, vocab); loss when targets (B, T) given.
+
+        With kv_cache, idx holds only the new tokens: they take positions kv_cache.length onwards.
+        """
+        B, T = idx.shape
+        start = kv_cache.length if kv_cache is not None else 0
+        if start + T > self.config.context_length:
+            raise ValueError(f"sequence of {start + T} tokens exceeds context_length "
+                             f"{self.config.context_length}; crop the input first")
+        positions = torch.arange(start, start + T, device=idx.device)
+        pos_emb = self.transformer.wpe(positions) if self.config.pos_embedding == "learned" \
+            else self.sinusoidal_pos[positions]
+        x = self.transformer.drop(self.transformer.wte(idx) + pos_emb)  # (B, T, emb_dim)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, kv_cache.buffer[i] if kv_cache is not None else None, start)
+        if kv_cache is not None:
+            kv_cache.length += T
+        x = self.transformer.ln_f(x)
+        if last_token_only:
+            x = x[:, -1:, :]
+        logits = self.lm_head(x)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return logits, loss

@@ -1,0 +1,100 @@
+"""Text generation: greedy, random, temperature, top-k and top-p sampling with a KV cache.
+
+The model sees at most context_length tokens. When a sequence fills the window, the oldest half is
+dropped and the newest half becomes the window again. Learned absolute positions mean a cached key is
+only valid at the position it was computed for, so sliding one token at a time would recompute the
+whole window every step; dropping half at once costs one prefill of context_length/2 tokens every
+context_length/2 new tokens, so each token still costs about one position. Without the cache the same
+window is recomputed in full each step, which is why both paths give identical tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .model import GPT, KVCache
+
+
+def validate_sampler(temperature=0.0, top_k=None, top_p=None, max_new_tokens=1):
+    """Raise ValueError naming the bad setting; shared by generate() and the params checks."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not 0.0 <= temperature < float("inf"):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1 or null (off), got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                              or not 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1] or null (off), got {top_p!r}")
+
+
+def filter_logits(logits, top_k=None, top_p=None):
+    """Set logits outside the top-k and outside the top-p nucleus to -inf. logits: (B, vocab)."""
+    if top_k is not None and top_k < logits.size(-1):
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # keep a token while the mass before it is < p: the smallest set whose mass reaches p
+        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def next_token(logits, temperature=0.0, top_k=None, top_p=None, generator=None):
+    """logits (B, vocab) -> token ids (B, 1)."""
+    if temperature == 0.0:
+        return logits.argmax(dim=-1, keepdim=True)
+    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+@torch.no_grad()
+def generate(model: GPT, token_ids, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+             top_p: float | None = None, eos_id: int | None = None, seed: int | None = None,
+             generator: torch.Generator | None = None, use_cache: bool = True, on_token=None):
+    """Extend token_ids (B, T) by up to max_new_tokens; returns (B, T + n) with n <= max_new_tokens.
+
+    temperature 0 is greedy. A sequence that produced eos_id is finished and padded with eos_id; the
+    loop stops when all are. on_token(tokens (B, 1)) is called after each step (for streaming).
+    """
+    validate_sampler(temperature, top_k, top_p, max_new_tokens)
+    if token_ids.dim() != 2 or token_ids.size(1) == 0:
+        raise ValueError("token_ids must be a non-empty (batch, tokens) tensor; an empty prompt has nothing "
+                         "to continue (use the end-of-text token to start from nothing)")
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=token_ids.device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    context = model.config.context_length
+    keep = max(1, context // 2)  # tokens kept when the window slides
+    window_start = max(0, token_ids.size(1) - context)
+    cache = None
+    if use_cache:
+        dtype = next(model.parameters()).dtype
+        cache = KVCache(model.config, token_ids.size(0), token_ids.device, dtype)
+    finished = torch.zeros(token_ids.size(0), 1, dtype=torch.bool, device=token_ids.device)
+    sequence = token_ids
+    for _ in range(max_new_tokens):
+        if sequence.size(1) - window_start > context:  # window full: slide by dropping the oldest half
+            window_start = sequence.size(1) - keep
+            if cache is not None:
+                cache.reset()
+        if cache is None:
+            logits, _ = model(sequence[:, window_start:], last_token_only=True)
+        else:
+            logits, _ = model(sequence[:, window_start + cache.length:], kv_cache=cache, last_token_only=True)
+        token = next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
+        if eos_id is not None:
+            token = token.masked_fill(finished, eos_id)
+            finished |= token == eos_id
+        sequence = torch.cat([sequence, token], dim=1)
+        if on_token is not None:
+            on_token(token)
+        if eos_id is not None and bool(finished.all()):
+            break
+    model.train(was_training)
+    return sequence

@@ -1,0 +1,28 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+# Tests run offline against the mirror beside the repo (../shared), as CI does.
+if SHARED.is_dir():
+    os.environ.setdefault("GPTCORE_MIRROR", str(SHARED))
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken"))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared (offline corpora and tokenizer files) is not beside the repo")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from gptcore.tokenizer import Tokenizer
+
+    return Tokenizer()

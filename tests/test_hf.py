@@ -1,0 +1,76 @@
+import json
+
+import pytest
+import torch
+
+from gptcore.hf import export_hf, load_hf_folder, load_hf_state_dict, load_official
+from gptcore.model import GPT, ModelConfig
+from gptcore.hf import config_from_hf
+
+transformers = pytest.importorskip("transformers")
+
+
+def random_hf_model(tie=True):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=50257, n_positions=128, n_embd=64, n_layer=3, n_head=4,
+                                     tie_word_embeddings=tie)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # make the biases and LayerNorms non-trivial so a mis-mapping shows
+        for name, param in model.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    return model
+
+
+def max_logit_difference(gptcore_model, hf_model):
+    idx = torch.randint(0, 50257, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return (gptcore_model.eval()(idx)[0] - hf_model(idx).logits).abs().max().item()
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_hf_to_gptcore_logits_match(tie):
+    hf_model = random_hf_model(tie)
+    config = config_from_hf(hf_model.config.to_dict())
+    assert config.tie_embeddings is tie and config.qkv_bias
+    model = load_hf_state_dict(GPT(config), hf_model.state_dict())
+    assert max_logit_difference(model, hf_model) < 1e-5
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(), dict(tie_embeddings=False), dict(pos_embedding="sinusoidal"), dict(qkv_bias=True)])
+def test_gptcore_export_loads_in_transformers(tmp_path, overrides):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig.from_preset("tiny", **overrides)).eval()
+    export_hf(model, tmp_path)
+    hf_model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    assert max_logit_difference(model, hf_model) < 1e-5
+    assert json.loads((tmp_path / "config.json").read_text())["n_positions"] == 64
+    # and back again through the folder loader
+    assert max_logit_difference(load_hf_folder(tmp_path), hf_model) < 1e-5
+
+
+def test_hf_weights_into_mismatched_config_name_the_tensor():
+    hf_model = random_hf_model()
+    wrong = GPT(ModelConfig(vocab_size=50257, context_length=128, emb_dim=64, n_heads=4, n_layers=3,
+                            qkv_bias=False))
+    with pytest.raises(ValueError, match="c_attn.bias"):
+        load_hf_state_dict(wrong, hf_model.state_dict())
+
+
+def test_official_weights_offline_give_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    import huggingface_hub.constants as hub_constants
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(RuntimeError, match="cannot download 'gpt2'.*save_pretrained"):
+        load_official("gpt2")
+    with pytest.raises(ValueError, match="gpt2-huge"):
+        load_official("gpt2-huge")
+
+
+def test_pickle_folder_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(FileNotFoundError, match="pickle"):
+        load_hf_folder(tmp_path)
