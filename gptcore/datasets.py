@@ -1,0 +1,101 @@
+"""Training examples over memory-mapped token files: sliding windows or random windows.
+
+Sliding windows (the seed's GPTDataset) give exact epochs and suit small corpora; random windows
+(nanoGPT's get_batch) sample anywhere in a corpus of any size and suit large ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class SplitTooShortError(ValueError):
+    pass
+
+
+def check_split_length(split: str, n_tokens: int, context_length: int) -> None:
+    """One training window needs context_length + 1 tokens (inputs plus the shifted target)."""
+    if n_tokens < context_length + 1:
+        raise SplitTooShortError(
+            f"the {split} split has {n_tokens} tokens, fewer than one window of context_length + 1 = "
+            f"{context_length + 1}; use a longer corpus, a larger share for this split (data.train_ratio) "
+            f"or a shorter model.context_length")
+
+
+class GPTDataset(Dataset):
+    """Window i: inputs tokens[s : s + max_length], targets one token later, with s = i * stride."""
+
+    def __init__(self, tokens: np.ndarray, max_length: int, stride: int, split: str = "train"):
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        check_split_length(split, len(tokens), max_length)
+        self.tokens, self.max_length, self.stride = tokens, max_length, stride
+        # the seed's range(0, len(tokens) - max_length, stride)
+        self.n_windows = (len(tokens) - max_length - 1) // stride + 1
+
+    def __len__(self):
+        return self.n_windows
+
+    def __getitem__(self, index):
+        start = index * self.stride
+        window = torch.from_numpy(self.tokens[start:start + self.max_length + 1].astype(np.int64))
+        return window[:-1], window[1:]
+
+
+class EpochSampler(Sampler):
+    """Indices in a seeded order that depends only on (seed, epoch), starting after `skip` indices.
+
+    That makes the data order a pure function of the position, so a resumed run continues exactly.
+    """
+
+    def __init__(self, length: int, shuffle: bool, seed: int):
+        self.length, self.shuffle, self.seed = length, shuffle, seed
+        self.epoch, self.skip = 0, 0
+
+    def set_position(self, epoch: int, skip: int = 0):
+        self.epoch, self.skip = epoch, skip
+
+    def order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.length))
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.length, generator=generator).tolist()
+
+    def __iter__(self):
+        return iter(self.order()[self.skip:])
+
+    def __len__(self):
+        return self.length - self.skip
+
+
+def make_dataloader(dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool, seed: int,
+                    split: str = "train") -> DataLoader:
+    """A DataLoader with a seeded, resumable order (see EpochSampler)."""
+    n_batches = len(dataset) // batch_size if drop_last else -(-len(dataset) // batch_size)
+    if n_batches == 0:
+        raise SplitTooShortError(
+            f"the {split} split gives {len(dataset)} windows, fewer than one batch of {batch_size} with "
+            f"drop_last; lower the batch size or set drop_last false")
+    # its own generator: creating an iterator must not draw from the global RNG (dropout's), or a resumed
+    # run would diverge from a straight one
+    return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), shuffle, seed),
+                      drop_last=drop_last, generator=torch.Generator().manual_seed(seed))
+
+
+class RandomWindows:
+    """nanoGPT's get_batch: batch_size windows at uniformly random offsets, from a seeded generator."""
+
+    def __init__(self, tokens: np.ndarray, context_length: int, batch_size: int, seed: int, split="train"):
+        check_split_length(split, len(tokens), context_length)
+        self.tokens, self.context_length, self.batch_size = tokens, context_length, batch_size
+        self.seed = seed
+
+    def batch(self, step: int):
+        """The batch for a given step: a pure function of (seed, step), so resume needs no state."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        starts = torch.randint(len(self.tokens) - self.context_length, (self.batch_size,), generator=generator)
+        windows = np.stack([self.tokens[s:s + self.context_length + 1] for s in starts.tolist()])
+        windows = torch.from_numpy(windows.astype(np.int64))
+        return windows[:, :-1], windows[:, 1:]

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+import torch
+
+from gptcore.datasets import GPTDataset, RandomWindows, SplitTooShortError, make_dataloader
+
+
+def seed_windows(token_ids, max_length, stride):
+    """The seed's GPTDataset loop, verbatim in spirit."""
+    inputs, targets = [], []
+    for i in range(0, len(token_ids) - max_length, stride):
+        inputs.append(token_ids[i:i + max_length])
+        targets.append(token_ids[i + 1:i + max_length + 1])
+    return inputs, targets
+
+
+@pytest.mark.parametrize("n,max_length,stride", [(100, 10, 10), (101, 10, 10), (57, 8, 3), (11, 10, 1)])
+def test_sliding_windows_match_the_seed(n, max_length, stride):
+    tokens = np.arange(n, dtype=np.uint16)
+    dataset = GPTDataset(tokens, max_length, stride)
+    inputs, targets = seed_windows(tokens.tolist(), max_length, stride)
+    assert len(dataset) == len(inputs)
+    for i in range(len(dataset)):
+        x, y = dataset[i]
+        assert x.tolist() == inputs[i] and y.tolist() == targets[i]
+
+
+def test_verdict_loaders_have_the_books_batch_counts():
+    train = GPTDataset(np.zeros(4612, dtype=np.uint16), 256, 256)
+    val = GPTDataset(np.zeros(534, dtype=np.uint16), 256, 256, "validation")
+    assert len(make_dataloader(train, 2, True, True, 123)) == 9
+    assert len(make_dataloader(val, 2, False, False, 123, "validation")) == 1
+
+
+def test_too_short_split_names_split_count_and_context():
+    with pytest.raises(SplitTooShortError, match=r"validation split has 200 tokens.*257"):
+        GPTDataset(np.zeros(200, dtype=np.uint16), 256, 256, "validation")
+    with pytest.raises(SplitTooShortError, match="fewer than one batch"):
+        make_dataloader(GPTDataset(np.zeros(300, dtype=np.uint16), 256, 256), 2, True, True, 0)
+
+
+def test_loader_order_is_seeded_per_epoch_and_resumable():
+    dataset = GPTDataset(np.arange(1000, dtype=np.uint16), 10, 10)
+    loader = make_dataloader(dataset, 4, True, True, seed=5)
+    first = [x[:, 0].tolist() for x, _ in loader]
+    assert first == [x[:, 0].tolist() for x, _ in make_dataloader(dataset, 4, True, True, seed=5)]
+    assert first != [x[:, 0].tolist() for x, _ in make_dataloader(dataset, 4, True, True, seed=6)]
+    loader.sampler.set_position(epoch=1)
+    second_epoch = [x[:, 0].tolist() for x, _ in loader]
+    assert second_epoch != first
+    loader.sampler.set_position(epoch=1, skip=3 * 4)
+    assert [x[:, 0].tolist() for x, _ in loader] == second_epoch[3:]
+
+
+def test_dataloader_does_not_touch_the_global_rng():
+    loader = make_dataloader(GPTDataset(np.arange(100, dtype=np.uint16), 10, 10), 2, True, True, 0)
+    state = torch.get_rng_state()
+    iter(loader)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_random_windows_are_a_function_of_the_step():
+    windows = RandomWindows(np.arange(5000, dtype=np.uint16), 16, 4, seed=1)
+    x, y = windows.batch(7)
+    assert x.shape == (4, 16) and torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
+    assert torch.equal(windows.batch(7)[0], x) and not torch.equal(windows.batch(8)[0], x)
