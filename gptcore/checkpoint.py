@@ -153,3 +153,31 @@ def load_checkpoint(folder, model: GPT) -> dict:
         return torch.load(folder / STATE, map_location="cpu", weights_only=True)
     except Exception as error:  # weights_only refuses anything but tensors and plain containers
         raise CheckpointError(f"refusing to load {folder / STATE}: {error}") from error
+
+
+ARCHITECTURE_FIELDS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias",
+                       "tie_embeddings", "pos_embedding")
+
+
+def initialize_model(config: ModelConfig, init_from: str = "scratch") -> GPT:
+    """A model to train: random ('scratch'), OpenAI's weights by name, or a gptcore / HF GPT-2 folder.
+
+    The params' architecture must agree with the weights'; only drop_rate is taken from the params.
+    """
+    from .hf import OFFICIAL_MODELS, load_official
+
+    if init_from == "scratch":
+        return GPT(config)
+    if init_from in OFFICIAL_MODELS:
+        model = load_official(init_from, drop_rate=config.drop_rate)
+    elif Path(init_from).is_dir():
+        model = load_model(init_from, drop_rate=config.drop_rate)
+    else:
+        raise FileNotFoundError(f"model.init_from {init_from!r} is neither 'scratch', an official GPT-2 name "
+                                f"({', '.join(OFFICIAL_MODELS)}) nor an existing model folder")
+    loaded = model.config.to_dict()
+    for field in ARCHITECTURE_FIELDS:
+        if loaded[field] != getattr(config, field):
+            raise ValueError(f"model.{field} is {getattr(config, field)!r} in params but {loaded[field]!r} in "
+                             f"the weights of {init_from}; set model.{field}: {loaded[field]!r}")
+    return model

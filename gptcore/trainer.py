@@ -18,7 +18,7 @@ import torch
 from .checkpoint import latest_checkpoint, load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from .datasets import GPTDataset, RandomWindows, make_dataloader
 from .model import GPT
-from .runtime import autocast, pick_device, resolve_precision
+from .runtime import autocast, pick_device, resolve_precision, set_cpu_threads
 from .sampling import generate
 from .schedule import learning_rate
 
@@ -61,6 +61,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 123
     checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end (and on SIGTERM)
+    threads: int | None = None  # CPU intra-op threads; None = one per physical core
 
 
 def build_optimizer(model: GPT, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -97,6 +98,8 @@ class TrainerCallback:
 
     def on_checkpoint(self, path: Path, step: int): ...
 
+    def on_train_end(self, history: dict): ...
+
 
 class Trainer:
     def __init__(self, model: GPT, config: TrainConfig, train_tokens: np.ndarray, val_tokens: np.ndarray,
@@ -105,6 +108,8 @@ class Trainer:
             raise ValueError(f"sampling must be one of {SAMPLINGS}, got {config.sampling!r}")
         self.config, self.tokenizer, self.callbacks = config, tokenizer, list(callbacks)
         self.device = pick_device(config.device)
+        if self.device.type == "cpu":
+            set_cpu_threads(config.threads)
         self.precision = resolve_precision(config.precision, self.device)
         self.model = model.to(self.device)
         context = model.config.context_length
@@ -174,6 +179,8 @@ class Trainer:
         handlers = self._install_signal_handlers()
         try:
             self._fit()
+            for callback in self.callbacks:
+                callback.on_train_end(self.history)
         finally:
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)

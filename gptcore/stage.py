@@ -1,0 +1,28 @@
+"""What every DVC stage script shares: loading params.yaml and turning user errors into one line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .checkpoint import CheckpointError
+from .corpus import CorpusError
+from .params import ParamsError, load_params
+from .tracking import TrackingUnavailable
+
+USER_ERRORS = (ParamsError, CorpusError, CheckpointError, TrackingUnavailable, FileNotFoundError, ValueError)
+
+
+def stage_params(*sections: str, path="params.yaml") -> dict:
+    """The whole file is validated (a typo anywhere stops the first stage); the stage gets its sections."""
+    params = load_params(Path(path))
+    return {name: params[name] for name in sections}
+
+
+def run_stage(main) -> None:
+    """Call main(); a user error prints `error: <message>` and exits 1 instead of a traceback."""
+    try:
+        main()
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)

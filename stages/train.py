@@ -1,0 +1,96 @@
+"""Stage train: data/tokens -> models/ (weights + config), metrics/train.json, plots/ (CSV + PNG).
+
+Resume checkpoints live in <repo>/checkpoints/<run key>/ (git-ignored, outside DVC's outputs): a killed
+stage continues from the last checkpoint on the next `dvc repro`; the key changes with the params and
+the data, so another experiment never resumes this one's state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from gptcore.atomic import atomic_write_text
+from gptcore.checkpoint import initialize_model, save_model
+from gptcore.params import model_config
+from gptcore.plots import draw_plots, write_plot_data
+from gptcore.stage import run_stage, stage_params
+from gptcore.token_files import load_tokens
+from gptcore.tokenizer import Tokenizer
+from gptcore.tracking import RUN_FILE, Tracker, TrackingCallback, repo_root
+from gptcore.trainer import TrainConfig, Trainer
+
+
+def train(params: dict, tokens_dir: Path, model_dir: Path, metrics_file: Path, plots_dir: Path) -> dict:
+    config = model_config(params["model"])
+    meta = json.loads((tokens_dir / "meta.json").read_text())
+    run_key = hashlib.sha256(json.dumps([params["model"], params["train"], meta["splits"]],
+                                        sort_keys=True).encode()).hexdigest()[:16]
+    checkpoint_dir = repo_root() / "checkpoints" / run_key
+    torch.manual_seed(params["train"]["seed"])
+    model = initialize_model(config, params["model"]["init_from"])
+    callbacks, tracker = [], None
+    if params["tracking"]["enabled"]:
+        tracker = resume_or_start_run(params, checkpoint_dir)
+        callbacks.append(TrackingCallback(tracker, params["tracking"]["log_every"]))
+    trainer = Trainer(model, TrainConfig(**params["train"]), load_tokens(tokens_dir / "train.bin"),
+                      load_tokens(tokens_dir / "val.bin"), Tokenizer(), checkpoint_dir, callbacks)
+    if trainer.resume():
+        print(f"resuming from step {trainer.step} ({checkpoint_dir})")
+    started = time.perf_counter()
+    history = trainer.fit()
+    steps, last_eval = history["steps"], history["evals"][-1]
+    metrics = {"train_loss": last_eval["train_loss"], "val_loss": last_eval["val_loss"],
+               "steps": trainer.step, "tokens_seen": trainer.tokens_seen,
+               "tokens_per_second": sum(s["tokens_per_second"] for s in steps) / len(steps),
+               "parameters": model.num_parameters(),
+               "wall_seconds_this_session": time.perf_counter() - started}
+    save_model(model, model_dir)
+    write_plot_data(history, plots_dir)
+    pictures = draw_plots(history, plots_dir)
+    atomic_write_text(metrics_file, json.dumps(metrics, indent=2) + "\n")
+    if tracker:
+        tracker.write_run_file(model_dir)
+        tracker.log_metrics({f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
+                            trainer.step)
+        for picture in pictures:
+            tracker.log_artifact(picture, "plots")
+        tracker.finish()
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
+    return metrics
+
+
+def resume_or_start_run(params: dict, checkpoint_dir: Path) -> Tracker:
+    """Reattach to the MLflow run of an interrupted training run, or start the pipeline's run."""
+    run_file = checkpoint_dir / RUN_FILE
+    if run_file.is_file():
+        return Tracker.attach(params["tracking"], checkpoint_dir, {}, "train")
+    tracker = Tracker.start(params["tracking"], name=f"{params['model']['preset']}-{time.strftime('%Y%m%d-%H%M%S')}",
+                            tags={"model_preset": params["model"]["preset"]},
+                            params={k: params[k] for k in ("data", "model", "train", "tracking")})
+    tracker.write_run_file(checkpoint_dir)
+    return tracker
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--tokens", default="data/tokens", type=Path)
+    parser.add_argument("--models", default="models", type=Path)
+    parser.add_argument("--metrics", default="metrics/train.json", type=Path)
+    parser.add_argument("--plots", default="plots", type=Path)
+    args = parser.parse_args()
+    params = stage_params("data", "model", "train", "tracking", path=args.params)
+    metrics = train(params, args.tokens, args.models, args.metrics, args.plots)
+    print(f"trained {metrics['steps']} steps: train loss {metrics['train_loss']:.3f}, "
+          f"validation loss {metrics['val_loss']:.3f}, {metrics['tokens_per_second']:.0f} tokens/s")
+
+
+if __name__ == "__main__":
+    run_stage(main)
