@@ -101,6 +101,17 @@ class TrainerCallback:
     def on_train_end(self, history: dict): ...
 
 
+class PrintProgress(TrainerCallback):
+    """The seed's console log: losses at each evaluation, the sample text at each epoch end."""
+
+    def on_eval(self, record: dict):
+        print(f"step {record['step']:6d} | tokens {record['tokens_seen']:9,d} | train loss "
+              f"{record['train_loss']:.3f} | val loss {record['val_loss']:.3f}", flush=True)
+
+    def on_sample(self, record: dict):
+        print(f"epoch {record['epoch'] + 1} sample: {record['text']}", flush=True)
+
+
 class Trainer:
     def __init__(self, model: GPT, config: TrainConfig, train_tokens: np.ndarray, val_tokens: np.ndarray,
                  tokenizer=None, checkpoint_dir=None, callbacks=()):

@@ -24,7 +24,7 @@ from gptcore.stage import run_stage, stage_params
 from gptcore.token_files import load_tokens
 from gptcore.tokenizer import Tokenizer
 from gptcore.tracking import RUN_FILE, Tracker, TrackingCallback, repo_root
-from gptcore.trainer import TrainConfig, Trainer
+from gptcore.trainer import PrintProgress, TrainConfig, Trainer
 
 
 def train(params: dict, tokens_dir: Path, model_dir: Path, metrics_file: Path, plots_dir: Path) -> dict:
@@ -35,7 +35,7 @@ def train(params: dict, tokens_dir: Path, model_dir: Path, metrics_file: Path, p
     checkpoint_dir = repo_root() / "checkpoints" / run_key
     torch.manual_seed(params["train"]["seed"])
     model = initialize_model(config, params["model"]["init_from"])
-    callbacks, tracker = [], None
+    callbacks, tracker = [PrintProgress()], None
     if params["tracking"]["enabled"]:
         tracker = resume_or_start_run(params, checkpoint_dir)
         callbacks.append(TrackingCallback(tracker, params["tracking"]["log_every"]))

@@ -1,0 +1,93 @@
+"""End to end: the DVC pipeline on the tiny preset in a temporary copy of the project."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run(args, cwd, **kwargs):
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=900, **kwargs)
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, shared_dir):
+    """A git + DVC copy of the tracked project files, switched to the tiny preset for speed."""
+    root = tmp_path_factory.mktemp("project")
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    for name in tracked:
+        if (REPO / name).is_file() and not name.startswith(("metrics/", "plots/")):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    (root / "dvc.lock").unlink(missing_ok=True)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["model"].update(preset="tiny", context_length=32)
+    params["train"].update(epochs=2, eval_freq=20, checkpoint_every=40, sample_tokens=5, warmup_steps=5)
+    params["generate"]["max_new_tokens"] = 8
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "init", "--allow-empty"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], root)
+    return root
+
+
+def mlflow_client(root):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+
+
+def test_repro_runs_every_stage_and_tracks_one_run(project):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    run(["dvc", "repro"], project, env=env)
+    train_metrics = json.loads((project / "metrics" / "train.json").read_text())
+    eval_metrics = json.loads((project / "metrics" / "eval.json").read_text())
+    assert train_metrics["steps"] == 2 * (4612 // 32 // 2)  # 2 epochs of 72 batches of 2 windows
+    assert eval_metrics["val_perplexity"] > 1 and eval_metrics["val_loss"] < 10.9
+    assert {p.name for p in (project / "samples").iterdir()} == {
+        "00-every-effort-moves-you.md", "00-every-effort-moves-you.json",
+        "01-i-had-always-thought-jack-gisburn.md", "01-i-had-always-thought-jack-gisburn.json"}
+    sample = json.loads((project / "samples" / "00-every-effort-moves-you.json").read_text())
+    assert sample["text"].startswith("Every effort moves you") and sample["sampler"]["top_k"] == 50
+    assert {"model.safetensors", "model_config.json", "mlflow_run.json"} <= {p.name for p in (project / "models").iterdir()}
+    assert not list((project / "checkpoints").glob("*/step-*"))  # a finished run leaves no resume state
+
+    client = mlflow_client(project)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "gptcore"]
+    (mlrun,) = client.search_runs([experiment.experiment_id])
+    assert mlrun.data.params["train.peak_lr"] == "0.0005" and mlrun.data.params["generate.max_new_tokens"] == "8"
+    assert mlrun.data.tags["model_preset"] == "tiny" and len(mlrun.data.tags["git_commit"]) == 40
+    assert "eval_val_loss" in mlrun.data.metrics
+    history = client.get_metric_history(mlrun.info.run_id, "train_loss")
+    assert [m.step for m in history] == list(range(1, train_metrics["steps"] + 1))
+    artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id)}
+    assert {"plots", "samples", "training_samples"} <= artifacts
+
+    assert "up to date" in run(["dvc", "status"], project)
+    assert "Running stage" not in run(["dvc", "repro"], project)  # nothing changed: nothing runs
+
+
+def test_experiment_is_listed_by_dvc_and_named_in_mlflow(project):
+    run(["dvc", "exp", "run", "-n", "lr-1e-3", "-S", "train.peak_lr=1e-3"], project)
+    table = json.loads(run(["dvc", "exp", "show", "--json"], project))
+    names = json.dumps(table)
+    assert "lr-1e-3" in names and "val_loss" in names
+    client = mlflow_client(project)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "gptcore"]
+    (mlrun,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'lr-1e-3'")
+    assert mlrun.data.params["train.peak_lr"] == "0.001" and mlrun.data.tags["dvc_experiment"] == "lr-1e-3"
+    for metric in ("train_loss", "lr", "grad_norm", "val_loss"):
+        assert len(client.get_metric_history(mlrun.info.run_id, metric)) > 1
+    assert max(m.value for m in client.get_metric_history(mlrun.info.run_id, "lr")) == pytest.approx(1e-3)
+    diff = run(["dvc", "metrics", "diff", "--json"], project)
+    assert "metrics/train.json" in diff or diff.strip() == "{}"
