@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .model import GPT, ModelConfig
-from .runtime import autocast, fast_bf16, pick_device, set_cpu_threads
+from .runtime import autocast, cast_for_inference, fast_bf16, pick_device, set_cpu_threads
 from .sampling import generate
 
 
@@ -46,10 +46,19 @@ def interleaved(variants: dict, rounds: int, device) -> dict:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def matmul_peak(dtype, device, size=2048, rounds=5) -> float:
-    """FLOP/s of a square matmul: the machine's practical peak for this dtype, measured here."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
+def matmul_peak(dtype, device, max_size=4096, rounds=5) -> float:
+    """FLOP/s of a square matmul: the machine's practical peak for this dtype, measured here.
+
+    The size doubles from 256 until one product takes 50 ms (or max_size), so an emulated dtype
+    (bf16 on AVX2 CPUs: ~100x slower) is measured without minutes of waiting.
+    """
+    size = 256
+    while True:
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        if size >= max_size or timed(lambda: a @ b, device) > 0.05:
+            break
+        size *= 2
     seconds = interleaved({"mm": lambda: a @ b}, rounds, device)["mm"]
     return 2 * size ** 3 / seconds
 
@@ -105,9 +114,10 @@ def greedy(model, prompt, new_tokens, hf: bool):
     return run
 
 
-def bench_model(context: int, precisions, batch_size: int, rounds: int, device, peaks: dict, rows: list):
+def bench_model(preset: str, context: int, precisions, batch_size: int, rounds: int, device, peaks: dict,
+                rows: list):
     torch.manual_seed(0)
-    config = ModelConfig.from_preset("gpt2-small", context_length=context, drop_rate=0.0)
+    config = ModelConfig.from_preset(preset, context_length=context, drop_rate=0.0)
     model = GPT(config).to(device)
     twin = hf_twin(model)
     n_params = model.num_parameters()
@@ -130,11 +140,16 @@ def bench_model(context: int, precisions, batch_size: int, rounds: int, device, 
 
 
 def bench_generation(model, twin, rounds: int, device, rows: list, new_tokens=200):
+    """Greedy decoding, fp32 against HF fp32, plus gptcore with bf16 weights (an inference option)."""
+    import copy
+
+    bf16_model = cast_for_inference(copy.deepcopy(model), "bf16")
     for batch in (1, 8):
         prompt = torch.randint(0, 50257, (batch, 8), device=device)
         seconds = interleaved({"gptcore": greedy(model, prompt, new_tokens, False),
+                               "gptcore-bf16-weights": greedy(bf16_model, prompt, new_tokens, False),
                                "hf": greedy(twin, prompt, new_tokens, True)}, rounds, device)
-        for name in ("gptcore", "hf"):
+        for name in seconds:
             rows.append({"measure": "greedy generate", "impl": name, "context": model.config.context_length,
                          "batch": batch, "precision": "fp32", "tokens_per_s": batch * new_tokens / seconds[name]})
 
@@ -205,7 +220,7 @@ def machine(device) -> str:
 
 
 def run_benchmark(contexts=(256, 1024), rounds: int = 3, device_name: str = "auto", tokenize_mb: int = 20,
-                  corpus: Path | None = None, precisions=None) -> dict:
+                  corpus: Path | None = None, precisions=None, preset: str = "gpt2-small") -> dict:
     device = pick_device(device_name)
     if device.type == "cpu":
         set_cpu_threads()
@@ -215,7 +230,7 @@ def run_benchmark(contexts=(256, 1024), rounds: int = 3, device_name: str = "aut
     rows: list[dict] = []
     for context in contexts:
         batch = max(1, 512 // context) if device.type == "cpu" else max(1, 16384 // context)
-        model, twin = bench_model(context, precisions, batch, rounds, device, peaks, rows)
+        model, twin = bench_model(preset, context, precisions, batch, rounds, device, peaks, rows)
         if context == contexts[0]:
             bench_generation(model, twin, rounds, device, rows)
         del model, twin
@@ -223,7 +238,7 @@ def run_benchmark(contexts=(256, 1024), rounds: int = 3, device_name: str = "aut
     bench_tracking(rounds, step["batch"] * step["context"] / step["tokens_per_s"], rows)
     if corpus is not None and tokenize_mb:
         bench_tokenization(corpus, tokenize_mb, rows)
-    return {"machine": machine(device), "device": device.type, "rounds": rounds,
+    return {"machine": machine(device), "device": device.type, "rounds": rounds, "preset": preset,
             "matmul_peak_tflops": {k: v / 1e12 for k, v in peaks.items()},
             "peak_memory_mb": peak_memory_mb(device), "rows": rows}
 
@@ -233,12 +248,13 @@ def ratio_rows(result: dict) -> list[str]:
     lines = []
     rows = result["rows"]
     for row in rows:
-        if row["impl"] != "gptcore" or "tokens_per_s" not in row or row["measure"] == "tokenize":
+        if not row["impl"].startswith("gptcore") or "tokens_per_s" not in row or row["measure"] == "tokenize":
             continue
         peer = next((r for r in rows if r["impl"] == "hf" and all(r.get(k) == row.get(k)
                      for k in ("measure", "context", "batch", "precision"))), None)
         if peer:
-            lines.append(f"| {row['measure']} | {row['context']} | {row['batch']} | {row['precision']} | "
+            measure = row["measure"] + (" (bf16 weights)" if row["impl"].endswith("bf16-weights") else "")
+            lines.append(f"| {measure} | {row['context']} | {row['batch']} | {row['precision']} | "
                          f"{row['tokens_per_s']:.1f} | {peer['tokens_per_s']:.1f} | "
                          f"{row['tokens_per_s'] / peer['tokens_per_s']:.2f}x | "
                          + (f"{row['mfu'] * 100:.1f} % / {peer['mfu'] * 100:.1f} %" if "mfu" in row else "") + " |")
@@ -257,6 +273,6 @@ def format_table(result: dict) -> str:
                          f"{row['megabytes']:.0f} MB, peak RSS {row['peak_rss_mb']:.0f} MB")
         if row["measure"] == "mlflow tracking":
             lines.append(f"\nMLflow tracking: {row['seconds_per_step'] * 1000:.2f} ms per step = "
-                         f"{row['share_of_step'] * 100:.2f} % of a gpt2-small training step")
+                         f"{row['share_of_step'] * 100:.2f} % of a {result['preset']} training step")
     lines.append(f"\nPeak memory of the benchmark process: {result['peak_memory_mb']:.0f} MB")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from .model import PRESETS
-from .runtime import PRECISIONS
+from .runtime import INFERENCE_WEIGHTS, PRECISIONS
 from .trainer import SAMPLINGS, TrainConfig
 
 
@@ -118,6 +118,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "temperature": Rule("float", low=0.0), "top_k": Rule("int", low=1, nullable=True),
         "top_p": Rule("float", low=0.0, high=1.0, low_open=True, nullable=True),
         "seed": Rule("int", low=0), "stop_at_eos": Rule("bool"), "device": Rule("str"),
+        "weights": Rule("choice", choices=INFERENCE_WEIGHTS),
     },
     "tracking": {
         "enabled": Rule("bool"), "experiment": Rule("str"), "log_every": POSITIVE_INT,
@@ -136,7 +137,7 @@ DEFAULTS = {
     "train": asdict(TrainConfig()),
     "evaluate": {"batch_size": 2, "max_batches": None, "precision": "auto", "device": "auto"},
     "generate": {"max_new_tokens": 50, "temperature": 0.0, "top_k": None, "top_p": None, "seed": 123,
-                 "stop_at_eos": True, "device": "auto"},
+                 "stop_at_eos": True, "device": "auto", "weights": "fp32"},
     "tracking": {"enabled": True, "experiment": "gptcore", "log_every": 10, "on_unreachable": "fail"},
 }
 

@@ -12,19 +12,19 @@ import torch
 
 from gptcore.atomic import atomic_write_text
 from gptcore.checkpoint import load_model
-from gptcore.runtime import pick_device
+from gptcore.runtime import cast_for_inference, pick_device
 from gptcore.sampling import generate
 from gptcore.stage import run_stage, stage_params
 from gptcore.tokenizer import Tokenizer
 from gptcore.tracking import Tracker
 
-SAMPLER_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
+SAMPLER_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "weights")
 
 
 def generate_samples(settings: dict, model_dir: Path) -> list[dict]:
     """One continuation per prompt; prompt i uses seed + i, so each sample is reproducible on its own."""
     device = pick_device(settings["device"])
-    model = load_model(model_dir).to(device).eval()
+    model = cast_for_inference(load_model(model_dir), settings["weights"]).to(device).eval()
     tokenizer = Tokenizer()
     samples = []
     for index, prompt in enumerate(settings["prompts"]):

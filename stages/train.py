@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from gptcore.atomic import atomic_write_text
-from gptcore.checkpoint import initialize_model, save_model
+from gptcore.checkpoint import initialize_model, latest_checkpoint, save_model
 from gptcore.params import model_config
 from gptcore.plots import draw_plots, write_plot_data
 from gptcore.stage import run_stage, stage_params
@@ -68,8 +68,7 @@ def train(params: dict, tokens_dir: Path, model_dir: Path, metrics_file: Path, p
 
 def resume_or_start_run(params: dict, checkpoint_dir: Path) -> Tracker:
     """Reattach to the MLflow run of an interrupted training run, or start the pipeline's run."""
-    run_file = checkpoint_dir / RUN_FILE
-    if run_file.is_file():
+    if latest_checkpoint(checkpoint_dir) is not None and (checkpoint_dir / RUN_FILE).is_file():
         return Tracker.attach(params["tracking"], checkpoint_dir, {}, "train")
     tracker = Tracker.start(params["tracking"], name=f"{params['model']['preset']}-{time.strftime('%Y%m%d-%H%M%S')}",
                             tags={"model_preset": params["model"]["preset"]},

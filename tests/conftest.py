@@ -8,9 +8,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 # Tests run offline against the mirror beside the repo (../shared), as CI does.
+# Absolute paths: the end-to-end tests run stages from other folders.
 if SHARED.is_dir():
-    os.environ.setdefault("GPTCORE_MIRROR", str(SHARED))
-    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken"))
+    os.environ["GPTCORE_MIRROR"] = str(Path(os.environ.get("GPTCORE_MIRROR", SHARED)).resolve())
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(Path(os.environ.get("TIKTOKEN_CACHE_DIR", SHARED / "tiktoken")).resolve())
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 

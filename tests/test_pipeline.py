@@ -91,3 +91,14 @@ def test_experiment_is_listed_by_dvc_and_named_in_mlflow(project):
     assert max(m.value for m in client.get_metric_history(mlrun.info.run_id, "lr")) == pytest.approx(1e-3)
     diff = run(["dvc", "metrics", "diff", "--json"], project)
     assert "metrics/train.json" in diff or diff.strip() == "{}"
+
+
+def test_queued_experiments_run_in_a_temp_copy_and_log_to_the_project_store(project):
+    run(["dvc", "exp", "run", "--queue", "-n", "queued-seed-7", "-S", "train.seed=7"], project)
+    run(["dvc", "exp", "run", "--run-all"], project)
+    assert "queued-seed-7" in run(["dvc", "exp", "show", "--json"], project)
+    client = mlflow_client(project)  # DVC_ROOT points queued runs back at this project's mlruns/
+    (experiment,) = [e for e in client.search_experiments() if e.name == "gptcore"]
+    (mlrun,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'queued-seed-7'")
+    assert mlrun.data.params["train.seed"] == "7"
+    assert "plots/steps.csv" in run(["dvc", "plots", "diff", "--json"], project)

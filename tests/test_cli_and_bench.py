@@ -1,0 +1,75 @@
+import json
+
+import pytest
+import torch
+
+from gptcore.bench import format_table, run_benchmark
+from gptcore.checkpoint import save_model
+from gptcore.cli import main
+from gptcore.model import GPT, ModelConfig
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model")
+    save_model(GPT(ModelConfig.from_preset("tiny")), folder)
+    return folder
+
+
+def test_info_reports_parameters_and_config(model_dir, capsys):
+    assert main(["info", str(model_dir)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"] == GPT(ModelConfig.from_preset("tiny")).num_parameters()
+    assert info["config"]["n_layers"] == 2
+
+
+def test_generate_streams_the_greedy_continuation(model_dir, capsys, tokenizer):
+    from gptcore.checkpoint import load_model
+    from gptcore.sampling import generate
+
+    assert main(["generate", "Every effort moves you", "--model", str(model_dir), "--max-new-tokens", "12",
+                 "--no-eos"]) == 0
+    expected = generate(load_model(model_dir), torch.tensor([tokenizer.encode("Every effort moves you")]), 12)
+    assert capsys.readouterr().out == tokenizer.decode(expected[0].tolist()) + "\n"
+
+
+def test_export_hf_then_generate_from_the_hf_folder(model_dir, tmp_path, capsys):
+    assert main(["export-hf", str(model_dir), str(tmp_path / "hf")]) == 0
+    assert main(["generate", "Hello", "--model", str(tmp_path / "hf"), "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("Hello")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["info", "/nonexistent/model"], "holds no gptcore model"),
+    (["generate", "", "--model", "MODEL"], "prompt is empty"),
+    (["generate", "Hi", "--model", "MODEL", "--top-p", "1.5"], "top_p"),
+])
+def test_user_errors_exit_1_with_a_message(model_dir, capsys, argv, message):
+    argv = [str(model_dir) if a == "MODEL" else a for a in argv]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_help_for_every_command(capsys):
+    for command in ("generate", "bench", "export-hf", "info"):
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0
+    assert "--top-p" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_benchmark_measures_every_row_side_by_side(shared_dir):
+    pytest.importorskip("transformers")
+    result = run_benchmark(contexts=(256,), rounds=1, device_name="cpu", tokenize_mb=1,
+                           corpus=shared_dir / "data" / "the-verdict.txt", precisions=("fp32",), preset="tiny")
+    measures = {(r["measure"], r["impl"]) for r in result["rows"]}
+    for measure in ("train step", "eval forward", "greedy generate"):
+        assert {(measure, "gptcore"), (measure, "hf")} <= measures
+    assert {("tokenize", "gptcore"), ("mlflow tracking", "gptcore")} <= measures
+    train = [r for r in result["rows"] if r["measure"] == "train step"]
+    assert all(0 < r["mfu"] < 1 for r in train)
+    table = format_table(result)
+    assert table.count("| greedy generate") == 4 and "Tokenization:" in table
