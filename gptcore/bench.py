@@ -106,8 +106,8 @@ def forward_only(model, inputs, precision, device, hf: bool):
 def greedy(model, prompt, new_tokens, hf: bool):
     def run():
         if hf:
-            model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                           use_cache=True, pad_token_id=50256)
+            model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                           min_new_tokens=new_tokens, do_sample=False, use_cache=True, pad_token_id=50256)
         else:
             generate(model, prompt, new_tokens)
     model.eval()
@@ -164,11 +164,12 @@ def bench_tokenization(corpus: Path, megabytes: int, rows: list):
             while written < megabytes * 1_000_000:
                 out.write(text)
                 written += len(text.encode("utf-8"))
-        code = ("import json,resource,sys,time; from gptcore.token_files import tokenize_file;"
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through fork and exec
+        code = ("import json,sys,time; from gptcore.token_files import tokenize_file;"
                 "from gptcore.tokenizer import Tokenizer; t=Tokenizer(); s=time.perf_counter();"
                 "n=tokenize_file(sys.argv[1], sys.argv[2], t, progress=False);"
-                "print(json.dumps({'tokens': n, 'seconds': time.perf_counter()-s,"
-                "'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024}))")
+                "hwm=[l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1];"
+                "print(json.dumps({'tokens': n, 'seconds': time.perf_counter()-s, 'rss_mb': int(hwm)/1024}))")
         out = subprocess.run([sys.executable, "-c", code, str(target), str(Path(tmp) / "big.bin")],
                              capture_output=True, text=True, check=True).stdout
         result = json.loads(out.strip().splitlines()[-1])
@@ -201,6 +202,7 @@ def bench_tracking(rounds: int, step_seconds: float, rows: list):
 
 
 def peak_memory_mb(device) -> float:
+    """Peak of this process: CUDA max allocated, or the CPU high-water RSS (both models and optimizers)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2 ** 20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -253,8 +255,10 @@ def ratio_rows(result: dict) -> list[str]:
         peer = next((r for r in rows if r["impl"] == "hf" and all(r.get(k) == row.get(k)
                      for k in ("measure", "context", "batch", "precision"))), None)
         if peer:
-            measure = row["measure"] + (" (bf16 weights)" if row["impl"].endswith("bf16-weights") else "")
-            lines.append(f"| {measure} | {row['context']} | {row['batch']} | {row['precision']} | "
+            bf16_weights = row["impl"].endswith("bf16-weights")
+            measure = row["measure"] + (" (bf16 weights)" if bf16_weights else "")
+            precision = "bf16" if bf16_weights else row["precision"]
+            lines.append(f"| {measure} | {row['context']} | {row['batch']} | {precision} | "
                          f"{row['tokens_per_s']:.1f} | {peer['tokens_per_s']:.1f} | "
                          f"{row['tokens_per_s'] / peer['tokens_per_s']:.2f}x | "
                          + (f"{row['mfu'] * 100:.1f} % / {peer['mfu'] * 100:.1f} %" if "mfu" in row else "") + " |")

@@ -8,7 +8,7 @@ from pathlib import Path
 from .checkpoint import CheckpointError
 from .corpus import CorpusError
 from .params import ParamsError, load_params
-from .tracking import TrackingUnavailable
+from .tracking import Tracker, TrackingUnavailable
 
 USER_ERRORS = (ParamsError, CorpusError, CheckpointError, TrackingUnavailable, FileNotFoundError, ValueError)
 
@@ -26,3 +26,10 @@ def run_stage(main) -> None:
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+
+
+def stage_tracker(params: dict, model_dir, section: str, stage: str):
+    """The MLflow run of the model in model_dir, to which a stage adds its params section (None if off)."""
+    if not params["tracking"]["enabled"]:
+        return None
+    return Tracker.attach(params["tracking"], model_dir, {section: params[section]}, stage)

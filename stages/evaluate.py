@@ -14,9 +14,8 @@ from gptcore.atomic import atomic_write_text
 from gptcore.checkpoint import load_model
 from gptcore.datasets import GPTDataset, make_dataloader
 from gptcore.runtime import pick_device, resolve_precision, set_cpu_threads
-from gptcore.stage import run_stage, stage_params
+from gptcore.stage import run_stage, stage_params, stage_tracker
 from gptcore.token_files import load_tokens
-from gptcore.tracking import Tracker
 from gptcore.trainer import evaluate_loss
 
 
@@ -51,8 +50,7 @@ def main() -> None:
     parser.add_argument("--metrics", default="metrics/eval.json", type=Path)
     args = parser.parse_args()
     params = stage_params("evaluate", "tracking", path=args.params)
-    tracker = Tracker.attach(params["tracking"], args.models, {"evaluate": params["evaluate"]}, "evaluate") \
-        if params["tracking"]["enabled"] else None
+    tracker = stage_tracker(params, args.models, "evaluate", "evaluate")
     with torch.no_grad():
         metrics = evaluate(params["evaluate"], args.models, args.tokens)
     atomic_write_text(args.metrics, json.dumps(metrics, indent=2) + "\n")

@@ -14,9 +14,8 @@ from gptcore.atomic import atomic_write_text
 from gptcore.checkpoint import load_model
 from gptcore.runtime import cast_for_inference, pick_device
 from gptcore.sampling import generate
-from gptcore.stage import run_stage, stage_params
+from gptcore.stage import run_stage, stage_params, stage_tracker
 from gptcore.tokenizer import Tokenizer
-from gptcore.tracking import Tracker
 
 SAMPLER_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "weights")
 
@@ -56,8 +55,7 @@ def main() -> None:
     parser.add_argument("--out", default="samples", type=Path)
     args = parser.parse_args()
     params = stage_params("generate", "tracking", path=args.params)
-    tracker = Tracker.attach(params["tracking"], args.models, {"generate": params["generate"]}, "generate") \
-        if params["tracking"]["enabled"] else None
+    tracker = stage_tracker(params, args.models, "generate", "generate")
     samples = generate_samples(params["generate"], args.models)
     shutil.rmtree(args.out, ignore_errors=True)  # prompts may have been removed: no stale files
     for index, sample in enumerate(samples):

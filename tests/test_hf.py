@@ -74,3 +74,17 @@ def test_pickle_folder_is_refused(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(FileNotFoundError, match="pickle"):
         load_hf_folder(tmp_path)
+
+
+def test_initialize_from_a_saved_hf_folder_checks_the_config(tmp_path):
+    from gptcore.checkpoint import initialize_model
+
+    hf_model = random_hf_model()
+    hf_model.save_pretrained(tmp_path)  # safetensors by default
+    config = ModelConfig(context_length=128, emb_dim=64, n_heads=4, n_layers=3, qkv_bias=True, drop_rate=0.2)
+    model = initialize_model(config, str(tmp_path))
+    assert model.config.drop_rate == 0.2 and max_logit_difference(model, hf_model) < 1e-5
+    with pytest.raises(ValueError, match=r"model.qkv_bias is False in params but True in the weights"):
+        initialize_model(ModelConfig(context_length=128, emb_dim=64, n_heads=4, n_layers=3), str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        initialize_model(config, str(tmp_path / "missing"))

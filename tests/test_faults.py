@@ -1,0 +1,96 @@
+"""Faults and hostile files: corrupted checkpoints, failed writes, planted pickles, a dead tracking server."""
+
+import os
+import pickle
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from gptcore.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from gptcore.model import GPT, ModelConfig
+from gptcore.tracking import Tracker, TrackingUnavailable
+from gptcore.trainer import TrainConfig, Trainer
+
+
+def tiny():
+    torch.manual_seed(0)
+    return GPT(ModelConfig.from_preset("tiny", context_length=16))
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    trainer = Trainer(tiny(), TrainConfig(max_steps=2, precision="fp32", device="cpu", sample_tokens=0,
+                                          eval_freq=2, eval_iter=1),
+                      np.arange(200, dtype=np.uint16), np.arange(40, dtype=np.uint16), checkpoint_dir=tmp_path)
+    trainer.fit()
+    return latest_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_damaged_checkpoint_is_reported_with_its_path(checkpoint, damage):
+    target = checkpoint / "model.safetensors"
+    if damage == "truncate":
+        target.write_bytes(target.read_bytes()[:1000])
+    elif damage == "flip":
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        target.write_bytes(bytes(data))
+    else:
+        target.unlink()
+    with pytest.raises(CheckpointError, match=str(target)):
+        load_checkpoint(checkpoint, tiny())
+
+
+def test_resume_refuses_a_damaged_checkpoint_instead_of_starting_over(checkpoint, tmp_path):
+    (checkpoint / "trainer_state.pt").write_bytes(b"garbage")
+    trainer = Trainer(tiny(), TrainConfig(max_steps=4, precision="fp32", device="cpu", sample_tokens=0),
+                      np.arange(200, dtype=np.uint16), np.arange(40, dtype=np.uint16), checkpoint_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="trainer_state.pt"):
+        trainer.resume()
+
+
+def test_planted_pickle_is_refused_even_with_valid_checksums(checkpoint):
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("touch /tmp/gptcore-pwned",))
+
+    state_path = checkpoint / "trainer_state.pt"
+    torch.save({"step": 2, "payload": Exploit()}, state_path)  # a pickle that runs code when loaded
+    import hashlib
+    import json
+
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest["sha256"]["trainer_state.pt"] = hashlib.sha256(state_path.read_bytes()).hexdigest()
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_checkpoint(checkpoint, tiny())
+    assert not os.path.exists("/tmp/gptcore-pwned")
+
+
+def test_failed_write_leaves_the_previous_checkpoint_intact(checkpoint, monkeypatch):
+    before = {p.name: p.read_bytes() for p in checkpoint.iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(checkpoint.parent, tiny(), {"step": 3})
+    assert latest_checkpoint(checkpoint.parent) == checkpoint
+    assert {p.name: p.read_bytes() for p in checkpoint.iterdir()} == before
+    assert [p.name for p in checkpoint.parent.iterdir() if p.name.startswith(".")] == []
+    load_checkpoint(checkpoint, tiny())  # still loads
+
+
+def test_unreachable_tracking_server_fails_fast_or_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    started = time.perf_counter()
+    with pytest.raises(TrackingUnavailable, match="127.0.0.1:9.*on_unreachable"):
+        Tracker.start({"experiment": "x", "on_unreachable": "fail"}, "run", {}, {})
+    assert time.perf_counter() - started < 30
+    tracker = Tracker.start({"experiment": "x", "on_unreachable": "local"}, "run", {}, {"a": {"b": 1}})
+    assert tracker.client.get_run(tracker.run_id).data.params == {"a.b": "1"}
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
