@@ -168,8 +168,6 @@ def validate(params, source: str = "params.yaml") -> dict:
     train = result["train"]
     if train["epochs"] is None and train["max_steps"] is None:
         raise ParamsError(f"{source}: train.epochs and train.max_steps are both null; set one of them")
-    if train["sampling"] == "random" and train["max_steps"] is None and train["epochs"] is None:
-        raise ParamsError(f"{source}: train.sampling random needs train.max_steps or train.epochs")
     if result["data"]["source"].startswith(("http://", "https://")) and not result["data"]["sha256"]:
         raise ParamsError(f"{source}: data.sha256 is missing; a URL source ({result['data']['source']}) "
                           f"needs its sha256 to be verified")

@@ -1,7 +1,6 @@
 """Faults and hostile files: corrupted checkpoints, failed writes, planted pickles, a dead tracking server."""
 
 import os
-import pickle
 import time
 
 import numpy as np
