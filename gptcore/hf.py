@@ -7,6 +7,7 @@ nn.Linear; every conversion here transposes exactly those four matrices per bloc
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -118,7 +119,7 @@ def load_hf_folder(folder, drop_rate: float | None = None) -> GPT:
         raise ValueError(f"{config_path}: model_type is {hf_config.get('model_type')!r}, expected 'gpt2'")
     config = config_from_hf(hf_config)
     if drop_rate is not None:
-        config = ModelConfig(**{**config.to_dict(), "drop_rate": drop_rate})
+        config = replace(config, drop_rate=drop_rate)
     return load_hf_state_dict(GPT(config), load_file(str(weights_path)))
 
 

@@ -79,7 +79,6 @@ class KVCache:
         head_dim = config.emb_dim // config.n_heads
         shape = (config.n_layers, 2, batch_size, config.n_heads, config.context_length, head_dim)
         self.buffer = torch.empty(shape, device=device, dtype=dtype)
-        self.capacity = config.context_length
         self.length = 0
 
     def reset(self):

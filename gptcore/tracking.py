@@ -58,6 +58,14 @@ def flatten(params: dict, prefix: str = "") -> dict:
     return flat
 
 
+def as_metrics(values: dict, step: int) -> list:
+    """MLflow Metric entities for one step, stamped now, ready for log_batch."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(key, float(value), now, step) for key, value in values.items()]
+
+
 class Tracker:
     """A handle on one MLflow run; every write goes through MlflowClient in batches."""
 
@@ -139,10 +147,7 @@ class Tracker:
         return tracker
 
     def log_metrics(self, metrics: dict, step: int | None = None):
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
+        self.client.log_batch(self.run_id, metrics=as_metrics(metrics, step or 0))
 
     def log_text(self, text: str, artifact_file: str):
         self.client.log_text(self.run_id, text, artifact_file)
@@ -169,19 +174,13 @@ class TrackingCallback(TrainerCallback):
         self.pending = []
 
     def on_step(self, record: dict):
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.pending.extend(Metric(key, float(record[key]), now, record["step"]) for key in self.STEP_KEYS)
+        self.pending += as_metrics({key: record[key] for key in self.STEP_KEYS}, record["step"])
         if record["step"] % self.log_every == 0:
             self.flush()
 
     def on_eval(self, record: dict):
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.pending += [Metric("val_loss", record["val_loss"], now, record["step"]),
-                         Metric("eval_train_loss", record["train_loss"], now, record["step"])]
+        self.pending += as_metrics({"val_loss": record["val_loss"], "eval_train_loss": record["train_loss"]},
+                                   record["step"])
         self.flush()
 
     def on_sample(self, record: dict):
