@@ -53,8 +53,7 @@ def fetch_url(url: str, sha256: str | None, cache_dir: Path | None = None) -> Pa
         raise CorpusError(f"a URL source needs its expected sha256 (data.sha256) to be verified: {url}")
     name = Path(urllib.parse.urlparse(url).path).name or "corpus.txt"
     mirror = os.environ.get("GPTCORE_MIRROR")
-    if mirror and (Path(mirror) / "data" / name).is_file():
-        path = Path(mirror) / "data" / name
+    if mirror and (path := mirror_copy(Path(mirror) / "data", name, sha256)):
         verify_checksum(path, sha256, f"{url} (mirror copy)")
         return path
     cached = (cache_dir or default_cache_dir()) / sha256.lower() / name
@@ -71,6 +70,19 @@ def fetch_url(url: str, sha256: str | None, cache_dir: Path | None = None) -> Pa
         raise CorpusError(f"cannot download {url} ({error}); for offline use set GPTCORE_MIRROR to a folder "
                           f"holding data/{name}") from error
     return cached
+
+
+def mirror_copy(folder: Path, name: str, sha256: str) -> Path | None:
+    """The mirror's copy of a download: by file name, else the file its SHA256SUMS lists with this checksum."""
+    if (folder / name).is_file():
+        return folder / name
+    sums = folder / "SHA256SUMS"
+    if sums.is_file():
+        for line in sums.read_text().splitlines():
+            digest, _, listed = line.partition("  ")
+            if digest.lower() == sha256.lower() and (folder / listed.strip()).is_file():
+                return folder / listed.strip()
+    return None
 
 
 def resolve_sources(source: str, sha256: str | None = None, cache_dir: Path | None = None) -> list[Path]:

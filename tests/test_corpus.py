@@ -15,6 +15,14 @@ def test_default_corpus_comes_from_the_mirror(shared_dir):
     assert path.resolve() == (shared_dir / "data" / "the-verdict.txt").resolve()
 
 
+def test_mirror_finds_a_download_by_its_checksum(shared_dir):
+    """tinyshakespeare's canonical URL ends in input.txt; the mirror lists it as tinyshakespeare.txt."""
+    url = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+    sha256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+    (path,) = resolve_sources(url, sha256)
+    assert path.resolve() == (shared_dir / "data" / "tinyshakespeare.txt").resolve()
+
+
 def test_mirror_copy_with_wrong_checksum_names_both(shared_dir):
     with pytest.raises(CorpusError) as error:
         resolve_sources(VERDICT_URL, "0" * 64)
