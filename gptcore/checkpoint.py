@@ -88,8 +88,9 @@ def save_checkpoint(directory, model: GPT, trainer_state: dict, keep: int = 2) -
     """Write checkpoint step-<step>/ and point `latest` at it; keeps the newest `keep` checkpoints."""
     directory = Path(directory)
     final = directory / f"step-{trainer_state['step']:07d}"
+    for leftover in directory.glob(".step-*.tmp-*"):  # from a process killed while writing
+        shutil.rmtree(leftover, ignore_errors=True)
     staging = directory / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         save_safetensors(model, str(staging / WEIGHTS))
@@ -162,7 +163,8 @@ ARCHITECTURE_FIELDS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_
 def initialize_model(config: ModelConfig, init_from: str = "scratch") -> GPT:
     """A model to train: random ('scratch'), OpenAI's weights by name, or a gptcore / HF GPT-2 folder.
 
-    The params' architecture must agree with the weights'; only drop_rate is taken from the params.
+    The params' architecture must agree with the weights'; only drop_rate is taken from the params, and a
+    shorter context_length keeps the first positions of the weights'.
     """
     from .hf import OFFICIAL_MODELS, load_official
 
@@ -175,6 +177,8 @@ def initialize_model(config: ModelConfig, init_from: str = "scratch") -> GPT:
     else:
         raise FileNotFoundError(f"model.init_from {init_from!r} is neither 'scratch', an official GPT-2 name "
                                 f"({', '.join(OFFICIAL_MODELS)}) nor an existing model folder")
+    if config.context_length < model.config.context_length:
+        model.crop_context(config.context_length)
     loaded = model.config.to_dict()
     for field in ARCHITECTURE_FIELDS:
         if loaded[field] != getattr(config, field):

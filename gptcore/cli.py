@@ -23,16 +23,15 @@ def load_any(source: str):
 def cmd_generate(args) -> None:
     import torch
 
-    from .sampling import generate
+    from .runtime import cast_for_inference
+    from .sampling import check_prompt, generate, validate_sampler
     from .tokenizer import Tokenizer
 
-    from .runtime import cast_for_inference
-
+    validate_sampler(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
     model = cast_for_inference(load_any(args.model), args.weights).eval()
     tokenizer = Tokenizer()
     prompt_ids = tokenizer.encode(args.prompt)
-    if not prompt_ids:
-        raise ValueError("the prompt is empty; give some text to continue")
+    check_prompt(len(prompt_ids), model.config.context_length)
     print(args.prompt, end="", flush=True)
     pending: list[int] = []
 

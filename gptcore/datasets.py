@@ -45,17 +45,23 @@ class GPTDataset(Dataset):
 
 
 class EpochSampler(Sampler):
-    """Indices in a seeded order that depends only on (seed, epoch), starting after `skip` indices.
+    """Indices in a seeded order that depends only on (seed, epoch), starting after `skip` batches.
 
     That makes the data order a pure function of the position, so a resumed run continues exactly.
+    With several processes the order is cut into global batches of batch_size * world_size windows and
+    rank r takes slice r of each, so no two ranks see the same window in a step and the global batch
+    is the one a single process with batch_size * world_size would see; an incomplete last global
+    batch is dropped.
     """
 
-    def __init__(self, length: int, shuffle: bool, seed: int):
+    def __init__(self, length: int, shuffle: bool, seed: int, batch_size: int = 1, rank: int = 0,
+                 world_size: int = 1):
         self.length, self.shuffle, self.seed = length, shuffle, seed
-        self.epoch, self.skip = 0, 0
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.epoch, self.skip_batches = 0, 0
 
-    def set_position(self, epoch: int, skip: int = 0):
-        self.epoch, self.skip = epoch, skip
+    def set_position(self, epoch: int, skip_batches: int = 0):
+        self.epoch, self.skip_batches = epoch, skip_batches
 
     def order(self) -> list[int]:
         if not self.shuffle:
@@ -63,39 +69,58 @@ class EpochSampler(Sampler):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(self.length, generator=generator).tolist()
 
+    def _indices(self) -> list[int]:
+        order = self.order()
+        if self.world_size == 1:
+            return order[self.skip_batches * self.batch_size:]
+        global_batch = self.batch_size * self.world_size
+        first = self.rank * self.batch_size
+        return [index for start in range(self.skip_batches * global_batch, self.length - global_batch + 1,
+                                          global_batch)
+                for index in order[start + first:start + first + self.batch_size]]
+
     def __iter__(self):
-        return iter(self.order()[self.skip:])
+        return iter(self._indices())
 
     def __len__(self):
-        return self.length - self.skip
+        return len(self._indices())
 
 
 def make_dataloader(dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool, seed: int,
-                    split: str = "train") -> DataLoader:
-    """A DataLoader with a seeded, resumable order (see EpochSampler)."""
-    n_batches = len(dataset) // batch_size if drop_last else -(-len(dataset) // batch_size)
+                    split: str = "train", rank: int = 0, world_size: int = 1) -> DataLoader:
+    """A DataLoader with a seeded, resumable order, rank r's shard of it (see EpochSampler)."""
+    global_batch = batch_size * world_size
+    n_batches = len(dataset) // global_batch if drop_last or world_size > 1 else -(-len(dataset) // batch_size)
     if n_batches == 0:
         raise SplitTooShortError(
-            f"the {split} split gives {len(dataset)} windows, fewer than one batch of {batch_size} with "
-            f"drop_last; lower the batch size or set drop_last false")
+            f"the {split} split gives {len(dataset)} windows, fewer than one batch of {global_batch} "
+            f"(batch_size {batch_size} x {world_size} processes) with drop_last; lower the batch size or "
+            f"set drop_last false")
     # its own generator: creating an iterator must not draw from the global RNG (dropout's), or a resumed
     # run would diverge from a straight one
-    return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), shuffle, seed),
+    sampler = EpochSampler(len(dataset), shuffle, seed, batch_size, rank, world_size)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                       drop_last=drop_last, generator=torch.Generator().manual_seed(seed))
 
 
 class RandomWindows:
-    """nanoGPT's get_batch: batch_size windows at uniformly random offsets, from a seeded generator."""
+    """nanoGPT's get_batch: batch_size windows at uniformly random offsets, from a seeded generator.
 
-    def __init__(self, tokens: np.ndarray, context_length: int, batch_size: int, seed: int, split="train"):
+    With several processes each step draws batch_size * world_size offsets and rank r takes slice r.
+    """
+
+    def __init__(self, tokens: np.ndarray, context_length: int, batch_size: int, seed: int, split="train",
+                 rank: int = 0, world_size: int = 1):
         check_split_length(split, len(tokens), context_length)
         self.tokens, self.context_length, self.batch_size = tokens, context_length, batch_size
-        self.seed = seed
+        self.seed, self.rank, self.world_size = seed, rank, world_size
 
     def batch(self, step: int):
         """The batch for a given step: a pure function of (seed, step), so resume needs no state."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        starts = torch.randint(len(self.tokens) - self.context_length, (self.batch_size,), generator=generator)
+        starts = torch.randint(len(self.tokens) - self.context_length, (self.batch_size * self.world_size,),
+                               generator=generator)
+        starts = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
         windows = np.stack([self.tokens[s:s + self.context_length + 1] for s in starts.tolist()])
         windows = torch.from_numpy(windows.astype(np.int64))
         return windows[:, :-1], windows[:, 1:]

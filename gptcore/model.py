@@ -184,6 +184,19 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    def crop_context(self, context_length: int) -> None:
+        """Keep the first context_length positions (nanoGPT's crop_block_size), e.g. to fine-tune
+        OpenAI's 1024-position weights on 256-token windows; outputs at those positions are unchanged."""
+        if context_length > self.config.context_length:
+            raise ValueError(f"cannot crop to context_length {context_length}: the model has "
+                             f"{self.config.context_length} positions")
+        self.config = replace(self.config, context_length=context_length)
+        if self.config.pos_embedding == "learned":
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:context_length].detach().clone())
+            self.transformer.wpe.num_embeddings = context_length
+        else:
+            self.sinusoidal_pos = self.sinusoidal_pos[:context_length]
+
     def num_parameters(self) -> int:
         """Distinct parameters: a tied output head is counted once, as OpenAI's 124M does."""
         return sum(p.numel() for p in self.parameters())

@@ -108,6 +108,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "sample_prompt": Rule("str", nullable=True), "sample_tokens": Rule("int", low=0),
         "precision": Rule("choice", choices=PRECISIONS), "compile": Rule("bool"), "device": Rule("str"),
         "seed": Rule("int", low=0), "checkpoint_every": Rule("int", low=0), "threads": Rule("int", low=1, nullable=True),
+        "nproc": POSITIVE_INT,
     },
     "evaluate": {
         "batch_size": POSITIVE_INT, "max_batches": Rule("int", low=1, nullable=True),
@@ -134,7 +135,7 @@ REQUIRED = {
 DEFAULTS = {
     "data": {"sha256": None, "train_ratio": 0.9},
     "model": {"init_from": "scratch"},
-    "train": asdict(TrainConfig()),
+    "train": {**asdict(TrainConfig()), "nproc": 1},
     "evaluate": {"batch_size": 2, "max_batches": None, "precision": "auto", "device": "auto"},
     "generate": {"max_new_tokens": 50, "temperature": 0.0, "top_k": None, "top_p": None, "seed": 123,
                  "stop_at_eos": True, "device": "auto", "weights": "fp32"},

@@ -29,6 +29,16 @@ def validate_sampler(temperature=0.0, top_k=None, top_p=None, max_new_tokens=1):
         raise ValueError(f"top_p must be in (0, 1] or null (off), got {top_p!r}")
 
 
+def check_prompt(n_tokens: int, context_length: int, name: str = "the prompt") -> None:
+    """User-facing prompts must fit the context (generate() itself keeps the last context_length tokens,
+    as nanoGPT does, which would silently drop the start of a user's prompt)."""
+    if n_tokens == 0:
+        raise ValueError(f"{name} is empty; give some text to continue")
+    if n_tokens > context_length:
+        raise ValueError(f"{name} is {n_tokens} tokens, longer than the model's context of {context_length} "
+                         f"tokens; shorten it")
+
+
 def filter_logits(logits, top_k=None, top_p=None):
     """Set logits outside the top-k and outside the top-p nucleus to -inf. logits: (B, vocab)."""
     if top_k is not None and top_k < logits.size(-1):

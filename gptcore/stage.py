@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,8 +10,12 @@ from .checkpoint import CheckpointError
 from .corpus import CorpusError
 from .params import ParamsError, load_params
 from .tracking import Tracker, TrackingUnavailable
+from .trainer import NonFiniteLossError, TrainingInterrupted
 
-USER_ERRORS = (ParamsError, CorpusError, CheckpointError, TrackingUnavailable, FileNotFoundError, ValueError)
+# TrainingInterrupted (SIGTERM / Ctrl-C) exits 1 too: the checkpoint is saved and DVC must not record
+# the stage as done
+USER_ERRORS = (ParamsError, CorpusError, CheckpointError, TrackingUnavailable, NonFiniteLossError,
+               TrainingInterrupted, FileNotFoundError, ValueError)
 
 
 def stage_params(*sections: str, path="params.yaml") -> dict:
@@ -24,7 +29,8 @@ def run_stage(main) -> None:
     try:
         main()
     except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
+        rank = int(os.environ.get("RANK", 0))  # set by torchrun
+        print(f"error{f' (rank {rank})' if rank else ''}: {error}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from gptcore.atomic import atomic_write_text
 from gptcore.checkpoint import load_model
@@ -33,7 +35,9 @@ def evaluate(settings: dict, model_dir: Path, tokens_dir: Path) -> dict:
         loader = make_dataloader(windows, settings["batch_size"], False, False, 0, split)
         batches = len(loader) if settings["max_batches"] is None else min(len(loader), settings["max_batches"])
         started = time.perf_counter()
-        loss = evaluate_loss(model, loader, batches, precision, device)
+        bar = tqdm(loader, total=batches, desc=f"evaluate {split}", unit="batch", disable=not sys.stderr.isatty())
+        loss = evaluate_loss(model, bar, batches, precision, device)
+        bar.close()
         seconds += time.perf_counter() - started
         tokens += min(len(windows), batches * settings["batch_size"]) * context
         metrics[f"{split}_loss"] = loss

@@ -13,7 +13,7 @@ import torch
 from gptcore.atomic import atomic_write_text
 from gptcore.checkpoint import load_model
 from gptcore.runtime import cast_for_inference, pick_device
-from gptcore.sampling import generate
+from gptcore.sampling import check_prompt, generate
 from gptcore.stage import run_stage, stage_params, stage_tracker
 from gptcore.tokenizer import Tokenizer
 
@@ -25,9 +25,12 @@ def generate_samples(settings: dict, model_dir: Path) -> list[dict]:
     device = pick_device(settings["device"])
     model = cast_for_inference(load_model(model_dir), settings["weights"]).to(device).eval()
     tokenizer = Tokenizer()
+    encoded = [tokenizer.encode(prompt) for prompt in settings["prompts"]]
+    for index, ids in enumerate(encoded):  # every prompt checked before the first is generated
+        check_prompt(len(ids), model.config.context_length, f"params.yaml: generate.prompts[{index}]")
     samples = []
-    for index, prompt in enumerate(settings["prompts"]):
-        prompt_ids = torch.tensor([tokenizer.encode(prompt)], device=device)
+    for index, (prompt, ids) in enumerate(zip(settings["prompts"], encoded)):
+        prompt_ids = torch.tensor([ids], device=device)
         out = generate(model, prompt_ids, settings["max_new_tokens"], settings["temperature"], settings["top_k"],
                        settings["top_p"], tokenizer.eot_id if settings["stop_at_eos"] else None,
                        seed=settings["seed"] + index)

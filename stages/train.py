@@ -1,5 +1,9 @@
 """Stage train: data/tokens -> models/ (weights + config), metrics/train.json, plots/ (CSV + PNG).
 
+With train.nproc > 1 the stage reruns itself under torchrun (DDP, one process per share of the
+machine); rank 0 tracks and writes every output. For several machines, start
+`torchrun ... stages/train.py` on each (see README).
+
 Resume checkpoints live in <repo>/checkpoints/<run key>/ (git-ignored, outside DVC's outputs): a killed
 stage continues from the last checkpoint on the next `dvc repro`; the key changes with the params and
 the data, so another experiment never resumes this one's state.
@@ -11,12 +15,14 @@ import argparse
 import hashlib
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from gptcore.atomic import atomic_write_text
+from gptcore import distributed
 from gptcore.checkpoint import initialize_model, latest_checkpoint, save_model
 from gptcore.params import model_config
 from gptcore.plots import draw_plots, write_plot_data
@@ -27,7 +33,9 @@ from gptcore.tracking import RUN_FILE, Tracker, TrackingCallback, repo_root
 from gptcore.trainer import PrintProgress, TrainConfig, Trainer
 
 
-def train(params: dict, tokens_dir: Path, model_dir: Path, metrics_file: Path, plots_dir: Path) -> dict:
+def train(params: dict, tokens_dir: Path, model_dir: Path, metrics_file: Path, plots_dir: Path) -> dict | None:
+    """Train and write the outputs; the metrics (None in the processes other than rank 0 under DDP)."""
+    is_main = distributed.current().is_main
     config = model_config(params["model"])
     meta = json.loads((tokens_dir / "meta.json").read_text())
     run_key = hashlib.sha256(json.dumps([params["model"], params["train"], meta["splits"]],
@@ -36,15 +44,18 @@ def train(params: dict, tokens_dir: Path, model_dir: Path, metrics_file: Path, p
     torch.manual_seed(params["train"]["seed"])
     model = initialize_model(config, params["model"]["init_from"])
     callbacks, tracker = [PrintProgress()], None
-    if params["tracking"]["enabled"]:
+    if params["tracking"]["enabled"] and is_main:
         tracker = resume_or_start_run(params, checkpoint_dir)
         callbacks.append(TrackingCallback(tracker, params["tracking"]["log_every"]))
-    trainer = Trainer(model, TrainConfig(**params["train"]), load_tokens(tokens_dir / "train.bin"),
+    train_config = TrainConfig(**{k: v for k, v in params["train"].items() if k != "nproc"})
+    trainer = Trainer(model, train_config, load_tokens(tokens_dir / "train.bin"),
                       load_tokens(tokens_dir / "val.bin"), Tokenizer(), checkpoint_dir, callbacks)
-    if trainer.resume():
+    if trainer.resume() and is_main:
         print(f"resuming from step {trainer.step} ({checkpoint_dir})")
     started = time.perf_counter()
     history = trainer.fit()
+    if not is_main:
+        return None
     steps, last_eval = history["steps"], history["evals"][-1]
     metrics = {"train_loss": last_eval["train_loss"], "val_loss": last_eval["val_loss"],
                "steps": trainer.step, "tokens_seen": trainer.tokens_seen,
@@ -86,7 +97,15 @@ def main() -> None:
     parser.add_argument("--plots", default="plots", type=Path)
     args = parser.parse_args()
     params = stage_params("data", "model", "train", "tracking", path=args.params)
-    metrics = train(params, args.tokens, args.models, args.metrics, args.plots)
+    if params["train"]["nproc"] > 1 and not distributed.launched_by_torchrun():
+        sys.exit(distributed.run_with_torchrun(params["train"]["nproc"], __file__, sys.argv[1:]))
+    distributed.init_distributed(params["train"]["device"])
+    try:
+        metrics = train(params, args.tokens, args.models, args.metrics, args.plots)
+    finally:
+        distributed.shutdown()
+    if metrics is None:
+        return
     print(f"trained {metrics['steps']} steps: train loss {metrics['train_loss']:.3f}, "
           f"validation loss {metrics['val_loss']:.3f}, {metrics['tokens_per_second']:.0f} tokens/s")
 

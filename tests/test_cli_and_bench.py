@@ -43,13 +43,16 @@ def test_export_hf_then_generate_from_the_hf_folder(model_dir, tmp_path, capsys)
 @pytest.mark.parametrize("argv,message", [
     (["info", "/nonexistent/model"], "holds no gptcore model"),
     (["generate", "", "--model", "MODEL"], "prompt is empty"),
-    (["generate", "Hi", "--model", "MODEL", "--top-p", "1.5"], "top_p"),
+    (["generate", "Hi", "--model", "MODEL", "--top-p", "1.5"], "top_p must be in (0, 1]"),
+    (["generate", "Hi", "--model", "MODEL", "--top-k", "0"], "top_k must be an integer >= 1"),
+    (["generate", "Hi", "--model", "MODEL", "--temperature", "-1"], "temperature must be a finite number >= 0"),
+    (["generate", "word " * 100, "--model", "MODEL"], "the prompt is 101 tokens, longer than the model's context of 64"),
 ])
-def test_user_errors_exit_1_with_a_message(model_dir, capsys, argv, message):
+def test_user_errors_exit_1_with_a_message_before_any_output(model_dir, capsys, argv, message):
     argv = [str(model_dir) if a == "MODEL" else a for a in argv]
     assert main(argv) == 1
-    err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    out, err = capsys.readouterr()
+    assert message in err and "Traceback" not in err and out == ""
 
 
 def test_help_for_every_command(capsys):

@@ -48,7 +48,7 @@ def test_loader_order_is_seeded_per_epoch_and_resumable():
     loader.sampler.set_position(epoch=1)
     second_epoch = [x[:, 0].tolist() for x, _ in loader]
     assert second_epoch != first
-    loader.sampler.set_position(epoch=1, skip=3 * 4)
+    loader.sampler.set_position(epoch=1, skip_batches=3)
     assert [x[:, 0].tolist() for x, _ in loader] == second_epoch[3:]
 
 
@@ -64,3 +64,24 @@ def test_random_windows_are_a_function_of_the_step():
     x, y = windows.batch(7)
     assert x.shape == (4, 16) and torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
     assert torch.equal(windows.batch(7)[0], x) and not torch.equal(windows.batch(8)[0], x)
+
+
+@pytest.mark.parametrize("skip_batches", [0, 2])
+def test_ranks_split_each_global_batch_of_one_process(skip_batches):
+    """2 ranks x batch 3 see, step by step, the windows of 1 process x batch 6, and never the same one."""
+    dataset = GPTDataset(np.arange(1000, dtype=np.uint16), 10, 10)  # 99 windows: 16 global batches of 6
+    single = make_dataloader(dataset, 6, True, True, seed=5)
+    ranks = [make_dataloader(dataset, 3, True, True, seed=5, rank=r, world_size=2) for r in (0, 1)]
+    for loader in (single, *ranks):
+        loader.sampler.set_position(epoch=2, skip_batches=skip_batches)
+    assert len(ranks[0]) == len(ranks[1]) == len(single) == 16 - skip_batches
+    for whole, part0, part1 in zip(single, *ranks):
+        assert torch.equal(whole[0], torch.cat([part0[0], part1[0]]))
+        assert not set(part0[0][:, 0].tolist()) & set(part1[0][:, 0].tolist())
+
+
+def test_random_windows_split_across_ranks():
+    tokens = np.arange(5000, dtype=np.uint16)
+    whole = RandomWindows(tokens, 16, 4, seed=1).batch(3)[0]
+    parts = [RandomWindows(tokens, 16, 2, seed=1, rank=r, world_size=2).batch(3)[0] for r in (0, 1)]
+    assert torch.equal(whole, torch.cat(parts))

@@ -93,3 +93,26 @@ def test_unreachable_tracking_server_fails_fast_or_falls_back(tmp_path, monkeypa
     tracker = Tracker.start({"experiment": "x", "on_unreachable": "local"}, "run", {}, {"a": {"b": 1}})
     assert tracker.client.get_run(tracker.run_id).data.params == {"a.b": "1"}
     assert (tmp_path / "mlruns" / "mlflow.db").is_file()
+
+
+def test_generate_stage_refuses_a_prompt_longer_than_the_context_before_generating(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from gptcore.checkpoint import save_model
+
+    repo = Path(__file__).resolve().parents[1]
+    save_model(tiny(), tmp_path / "models")  # context 16
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["generate"]["prompts"] = ["Every effort moves you", "word " * 20]
+    params["tracking"]["enabled"] = False
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run([sys.executable, str(repo / "stages" / "generate_samples.py"), "--params", "params.yaml",
+                             "--models", "models", "--out", "samples"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("error: params.yaml: generate.prompts[1] is 21 tokens, longer than the model's "
+                                     "context of 16 tokens; shorten it")
+    assert not (tmp_path / "samples").exists() and result.stdout == ""

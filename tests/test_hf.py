@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -88,3 +89,20 @@ def test_initialize_from_a_saved_hf_folder_checks_the_config(tmp_path):
         initialize_model(ModelConfig(context_length=128, emb_dim=64, n_heads=4, n_layers=3), str(tmp_path))
     with pytest.raises(FileNotFoundError, match="init_from"):
         initialize_model(config, str(tmp_path / "missing"))
+
+
+def test_initialize_with_a_shorter_context_crops_positions_and_keeps_outputs(tmp_path):
+    from gptcore.checkpoint import initialize_model
+
+    random_hf_model().save_pretrained(tmp_path)  # 128 positions
+    config = ModelConfig(context_length=128, emb_dim=64, n_heads=4, n_layers=3, qkv_bias=True, drop_rate=0.0)
+    full = initialize_model(config, str(tmp_path)).eval()
+    cropped = initialize_model(replace(config, context_length=32), str(tmp_path)).eval()
+    assert cropped.config.context_length == 32 and cropped.transformer.wpe.weight.shape == (32, 64)
+    assert full.num_parameters() - cropped.num_parameters() == (128 - 32) * 64
+    ids = torch.randint(0, config.vocab_size, (2, 32))
+    assert torch.allclose(cropped(ids)[0], full(ids)[0], atol=1e-6)
+    with pytest.raises(ValueError, match="sequence of 33 tokens exceeds context_length 32"):
+        cropped(torch.randint(0, config.vocab_size, (1, 33)))
+    with pytest.raises(ValueError, match="model.context_length is 256 in params but 128 in the weights"):
+        initialize_model(replace(config, context_length=256), str(tmp_path))

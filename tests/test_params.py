@@ -24,8 +24,8 @@ def test_committed_params_are_the_seed_recipe():
     assert 4e-4 <= train["peak_lr"] <= 1e-3 and train["epochs"] == 10
 
 
-def test_train_schema_covers_exactly_the_trainer_config():
-    assert set(SCHEMA["train"]) == {f.name for f in fields(TrainConfig)}
+def test_train_schema_covers_exactly_the_trainer_config_and_the_process_count():
+    assert set(SCHEMA["train"]) == {f.name for f in fields(TrainConfig)} | {"nproc"}
 
 
 @pytest.mark.parametrize("section,key,value,allowed", [

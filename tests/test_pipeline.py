@@ -1,5 +1,6 @@
 """End to end: the DVC pipeline on the tiny preset in a temporary copy of the project."""
 
+import csv
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+FAULTS = Path(__file__).resolve().parent / "fault_injection"
 pytestmark = pytest.mark.slow
 
 
@@ -75,6 +77,70 @@ def test_repro_runs_every_stage_and_tracks_one_run(project):
 
     assert "up to date" in run(["dvc", "status"], project)
     assert "Running stage" not in run(["dvc", "repro"], project)  # nothing changed: nothing runs
+
+
+def test_train_stage_sigkilled_three_times_resumes_to_bitwise_equal_weights(project):
+    """SIGKILL mid-step 50, then inside the step-60 evaluation, then inside the step-80 checkpoint write;
+    each `dvc repro` continues from the last complete checkpoint (step 40) and the last one finishes
+    with the weights of the uninterrupted run."""
+    run(["dvc", "repro"], project)  # the uninterrupted run (already there after the test above)
+    straight = (project / "models" / "model.safetensors").read_bytes()
+    # back to a project whose training never finished: no lock entry or run-cache entry DVC could
+    # restore instead of running the stage
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    del lock["stages"]["train"]
+    (project / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    shutil.rmtree(project / ".dvc" / "cache" / "runs")
+    checkpoints = project / "checkpoints"
+    for kill_at, printed, not_printed in [("step:50", "step     40 |", "step     60 |"),
+                                          ("evaluate:2", "resuming from step 40", "step     60 |"),
+                                          ("checkpoint:1", "step     80 |", "step    100 |")]:
+        env = {**os.environ, "GPTCORE_KILL_AT": kill_at,
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")]))}
+        killed = subprocess.run(["dvc", "repro"], cwd=project, env=env, capture_output=True, text=True,
+                                timeout=900)
+        assert killed.returncode != 0 and "exited with -9" in killed.stderr, (kill_at, killed.stderr)
+        assert printed in killed.stdout and not_printed not in killed.stdout, (kill_at, killed.stdout)
+        (run_dir,) = checkpoints.iterdir()
+        assert (run_dir / "latest").read_text() == "step-0000040"
+    (staging,) = run_dir.glob(".step-0000080.tmp-*")  # killed between the weights and the manifest
+    assert {p.name for p in staging.iterdir()} == {"model.safetensors"}
+    resumed = run(["dvc", "repro"], project)
+    assert f"resuming from step 40 ({run_dir})" in resumed
+    assert (project / "models" / "model.safetensors").read_bytes() == straight
+    assert list(checkpoints.iterdir()) == []  # finished: the resume state is gone, staging leftovers too
+    assert "up to date" in run(["dvc", "status"], project)
+
+
+def test_fine_tunes_from_a_locally_saved_hugging_face_folder(project, tmp_path):
+    """The trained tiny model, exported and saved again by transformers, is the starting point of a run."""
+    transformers = pytest.importorskip("transformers")
+    run(["gptcore", "export-hf", "models", str(tmp_path / "export")], project)
+    hf_folder = tmp_path / "hf-gpt2-tiny"
+    transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "export").save_pretrained(hf_folder)
+    with open(project / "plots" / "steps.csv") as handle:
+        scratch_first_loss = float(next(csv.DictReader(handle))["train_loss"])
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["model"]["init_from"] = str(hf_folder)
+    params["train"].update(epochs=None, max_steps=10)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        refused = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, timeout=900)
+        assert refused.returncode != 0  # GPT-2 folders have q/k/v biases; the params say none
+        assert f"error: model.qkv_bias is False in params but True in the weights of {hf_folder}" in refused.stderr
+        params["model"]["qkv_bias"] = True
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        run(["dvc", "repro"], project)
+        with open(project / "plots" / "steps.csv") as handle:
+            tuned_first_loss = float(next(csv.DictReader(handle))["train_loss"])
+        assert scratch_first_loss > 10 and tuned_first_loss < scratch_first_loss - 2  # it starts trained
+        run_id = json.loads((project / "models" / "mlflow_run.json").read_text())["run_id"]
+        mlrun = mlflow_client(project).get_run(run_id)
+        assert mlrun.data.params["model.init_from"] == str(hf_folder)
+    finally:
+        params_file.write_text(original)
 
 
 def test_experiment_is_listed_by_dvc_and_named_in_mlflow(project):

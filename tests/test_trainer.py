@@ -1,4 +1,6 @@
+import io
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -6,8 +8,8 @@ import torch
 
 from gptcore.checkpoint import latest_checkpoint
 from gptcore.model import GPT, ModelConfig
-from gptcore.trainer import (NonFiniteLossError, TrainConfig, Trainer, TrainerCallback, TrainingInterrupted,
-                             build_optimizer)
+from gptcore.trainer import (NonFiniteLossError, PrintProgress, TrainConfig, Trainer, TrainerCallback,
+                             TrainingInterrupted, build_optimizer)
 
 CONTEXT = 16
 
@@ -166,3 +168,25 @@ def test_tiny_preset_learns_the_verdict(shared_dir, tmp_path, tokenizer):
                       tokenizer=tokenizer).fit()
     first, last = history["steps"][0]["train_loss"], history["steps"][-1]["train_loss"]
     assert first > 10.5 and last < first / 2
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_bar_on_a_terminal_only_and_eval_lines_always(capsys, terminal):
+    Trainer(tiny_model(), config(max_steps=4), TRAIN, VAL, callbacks=[PrintProgress(bar=terminal)]).fit()
+    out, err = capsys.readouterr()
+    assert out.count("| val loss") == 1  # the step-4 evaluation, as the seed prints it
+    if terminal:
+        assert "4/4" in err and "loss=" in err and "tokens_per_s=" in err
+    else:
+        assert err == ""
+
+
+def test_progress_bar_follows_whether_stderr_is_a_terminal(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a CI log or a pipe
+    assert PrintProgress().show_bar is False
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert PrintProgress().show_bar is True

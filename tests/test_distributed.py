@@ -1,0 +1,88 @@
+"""DDP through the train stage: 2 Gloo processes under torchrun against 1 process with twice the batch."""
+
+import csv
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from gptcore.corpus import VERDICT_SHA256, VERDICT_URL, prepare_corpus, resolve_sources
+from gptcore.token_files import tokenize_splits
+
+REPO = Path(__file__).resolve().parents[1]
+FAULTS = Path(__file__).resolve().parent / "fault_injection"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory, shared_dir):
+    root = tmp_path_factory.mktemp("tokens")
+    prepare_corpus(resolve_sources(VERDICT_URL, VERDICT_SHA256), root / "prepared")
+    tokenize_splits(root / "prepared", root / "tokens")
+    return root / "tokens"
+
+
+def train_stage(run_dir: Path, tokens: Path, nproc: int, batch_size: int, interrupt_at: str | None = None,
+                grad_accum_steps: int = 1):
+    """Run stages/train.py as DVC would (tiny model, no dropout so the processes' RNGs do not matter)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["model"].update(preset="tiny", context_length=32, drop_rate=0.0)
+    params["train"].update(epochs=None, max_steps=8, batch_size=batch_size, nproc=nproc, eval_freq=4,
+                           grad_accum_steps=grad_accum_steps,
+                           eval_iter=2, checkpoint_every=3, warmup_steps=2, sample_tokens=3)
+    params["tracking"]["enabled"] = False
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "DVC_ROOT": str(run_dir)}  # resume checkpoints go to <DVC_ROOT>/checkpoints
+    if interrupt_at:  # see tests/fault_injection/sitecustomize.py
+        env.update(GPTCORE_INTERRUPT_AT=interrupt_at, PYTHONPATH=os.pathsep.join(filter(None, [str(FAULTS),
+                                                                                     env.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "--params", "params.yaml",
+                           "--tokens", str(tokens), "--models", "models", "--metrics", "train.json",
+                           "--plots", "plots"], cwd=run_dir, env=env, capture_output=True, text=True, timeout=600)
+
+
+def column(path: Path, name: str) -> list[float]:
+    with open(path) as handle:
+        return [float(row[name]) for row in csv.DictReader(handle)]
+
+
+def test_two_processes_match_one_with_twice_the_batch_and_resume_exactly(tmp_path, tokens):
+    single = train_stage(tmp_path / "single", tokens, nproc=1, batch_size=4)
+    assert single.returncode == 0, single.stderr
+    ddp = train_stage(tmp_path / "ddp", tokens, nproc=2, batch_size=2)
+    assert ddp.returncode == 0, ddp.stderr
+    assert ddp.stdout.count("trained 8 steps") == 1  # rank 0 alone reports
+
+    for split in ("steps", "evals"):
+        for name in ("train_loss", "val_loss") if split == "evals" else ("train_loss", "grad_norm"):
+            expected = column(tmp_path / "single" / "plots" / f"{split}.csv", name)
+            assert column(tmp_path / "ddp" / "plots" / f"{split}.csv", name) == pytest.approx(expected, abs=1e-5)
+    tokens_seen = column(tmp_path / "ddp" / "plots" / "steps.csv", "tokens_seen")
+    assert tokens_seen[-1] == 8 * 2 * 2 * 32  # global: steps x processes x batch x context
+
+    # 2 processes x 2 accumulated micro-batches of 1 (gradients exchanged once per step, no_sync before)
+    accumulated = train_stage(tmp_path / "accumulated", tokens, nproc=2, batch_size=1, grad_accum_steps=2)
+    assert accumulated.returncode == 0, accumulated.stderr
+    for name in ("train_loss", "grad_norm"):
+        assert column(tmp_path / "accumulated" / "plots" / "steps.csv", name) == pytest.approx(
+            column(tmp_path / "single" / "plots" / "steps.csv", name), abs=1e-5)
+
+    # SIGTERM to the stage (as DVC or a scheduler would send it) during step 5, raised from rank 1: the
+    # stage passes it to torchrun, torchrun to both workers; they stop at the same step, rank 0 saves
+    interrupted = train_stage(tmp_path / "resumed", tokens, nproc=2, batch_size=2, interrupt_at="step:5:1")
+    assert interrupted.returncode != 0 and not (tmp_path / "resumed" / "models").exists()
+    assert "error: stopped by SIGTERM at step" in interrupted.stderr
+    resumed = train_stage(tmp_path / "resumed", tokens, nproc=2, batch_size=2)
+    assert resumed.returncode == 0, resumed.stderr
+    (step,) = re.findall(r"resuming from step (\d+)", resumed.stdout)
+    assert 5 <= int(step) < 8
+    straight = load_file(tmp_path / "ddp" / "models" / "model.safetensors")
+    again = load_file(tmp_path / "resumed" / "models" / "model.safetensors")
+    assert all(torch.equal(straight[name], again[name]) for name in straight)
