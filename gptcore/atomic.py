@@ -18,6 +18,12 @@ def fsync_directory(folder: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(target):
     """Yield a temporary path to write; on success it is fsynced and renamed to target."""
@@ -28,6 +34,7 @@ def atomic_path(target):
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # some writers (safetensors) create files private (0600)
         os.replace(tmp, target)
         fsync_directory(target.parent)
     finally:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from gptcore.atomic import atomic_write_text
 from gptcore import distributed
+from gptcore.atomic import atomic_write_text
 from gptcore.checkpoint import initialize_model, latest_checkpoint, save_model
 from gptcore.params import model_config
 from gptcore.plots import draw_plots, write_plot_data

@@ -116,3 +116,60 @@ def test_generate_stage_refuses_a_prompt_longer_than_the_context_before_generati
     assert result.stderr.strip() == ("error: params.yaml: generate.prompts[1] is 21 tokens, longer than the model's "
                                      "context of 16 tokens; shorten it")
     assert not (tmp_path / "samples").exists() and result.stdout == ""
+
+
+def test_failed_output_write_leaves_the_previous_output_intact(tmp_path, monkeypatch):
+    """Metrics, plots and model files are written through gptcore.atomic: disk full mid-write keeps the old file."""
+    from gptcore.atomic import atomic_write_text
+    from gptcore.checkpoint import save_model
+
+    metrics = tmp_path / "metrics" / "train.json"
+    atomic_write_text(metrics, '{"val_loss": 6.38}\n')
+    save_model(tiny(), tmp_path / "models")
+    weights = (tmp_path / "models" / "model.safetensors").read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)  # the data is written, flushing it to disk fails
+    with pytest.raises(OSError, match="No space"):
+        atomic_write_text(metrics, '{"val_loss": 1.0}\n')
+    with pytest.raises(OSError, match="No space"):
+        save_model(GPT(ModelConfig.from_preset("tiny", context_length=16)), tmp_path / "models")
+    assert metrics.read_text() == '{"val_loss": 6.38}\n'
+    assert (tmp_path / "models" / "model.safetensors").read_bytes() == weights
+    assert not [p for p in tmp_path.rglob(".*tmp*")]  # no half-written temporary files left behind
+
+
+def test_outputs_get_the_usual_file_permissions(tmp_path):
+    """safetensors creates its files 0600; written outputs follow the umask like any other file."""
+    from gptcore.checkpoint import save_model
+    from gptcore.hf import export_hf
+
+    old_umask = os.umask(0o022)
+    try:
+        save_model(tiny(), tmp_path / "models")
+        export_hf(tiny(), tmp_path / "hf")
+    finally:
+        os.umask(old_umask)
+    for path in (tmp_path / "models" / "model.safetensors", tmp_path / "hf" / "model.safetensors",
+                 tmp_path / "hf" / "config.json"):
+        assert path.stat().st_mode & 0o777 == 0o644, path
+
+
+def test_latest_pointer_to_a_missing_checkpoint_is_an_error_not_a_fresh_start(checkpoint):
+    import shutil
+
+    shutil.rmtree(checkpoint)
+    with pytest.raises(CheckpointError, match=f"points at {checkpoint}, which is missing"):
+        latest_checkpoint(checkpoint.parent)
+
+
+def test_checkpoint_of_another_process_count_is_refused(checkpoint, tmp_path):
+    """A checkpoint holds one RNG state per DDP process; resuming it with another count is an error."""
+    trainer = Trainer(tiny(), TrainConfig(max_steps=4, precision="fp32", device="cpu", sample_tokens=0),
+                      np.arange(200, dtype=np.uint16), np.arange(40, dtype=np.uint16), checkpoint_dir=tmp_path)
+    state = trainer.state_dict()
+    save_checkpoint(tmp_path, trainer.model, {**state, "step": 3, "rng": state["rng"] * 2})
+    with pytest.raises(CheckpointError, match="written by 2 process\\(es\\), this run has 1"):
+        trainer.resume()
