@@ -82,8 +82,10 @@ class EpochSampler(Sampler):
     def __iter__(self):
         return iter(self._indices())
 
-    def __len__(self):
-        return len(self._indices())
+    def __len__(self):  # without building the permutation
+        if self.world_size == 1:
+            return max(0, self.length - self.skip_batches * self.batch_size)
+        return max(0, self.length // (self.batch_size * self.world_size) - self.skip_batches) * self.batch_size
 
 
 def make_dataloader(dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool, seed: int,

@@ -27,3 +27,16 @@ def tokenizer():
     from gptcore.tokenizer import Tokenizer
 
     return Tokenizer()
+
+
+@pytest.fixture(scope="session")
+def fault_env():
+    """fault_env(GPTCORE_KILL_AT=...): an environment for a subprocess in which
+    tests/fault_injection/sitecustomize.py injects that fault (see its docstring)."""
+    folder = str(Path(__file__).resolve().parent / "fault_injection")
+
+    def environment(**variables: str) -> dict:
+        path = os.pathsep.join(filter(None, [folder, os.environ.get("PYTHONPATH")]))
+        return {**os.environ, **variables, "PYTHONPATH": path}
+
+    return environment

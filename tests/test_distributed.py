@@ -16,7 +16,6 @@ from gptcore.corpus import VERDICT_SHA256, VERDICT_URL, prepare_corpus, resolve_
 from gptcore.token_files import tokenize_splits
 
 REPO = Path(__file__).resolve().parents[1]
-FAULTS = Path(__file__).resolve().parent / "fault_injection"
 pytestmark = pytest.mark.slow
 
 
@@ -28,8 +27,8 @@ def tokens(tmp_path_factory, shared_dir):
     return root / "tokens"
 
 
-def train_stage(run_dir: Path, tokens: Path, nproc: int, batch_size: int, interrupt_at: str | None = None,
-                grad_accum_steps: int = 1):
+def train_stage(run_dir: Path, tokens: Path, nproc: int, batch_size: int, grad_accum_steps: int = 1,
+                env: dict | None = None):
     """Run stages/train.py as DVC would (tiny model, no dropout so the processes' RNGs do not matter)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["model"].update(preset="tiny", context_length=32, drop_rate=0.0)
@@ -39,10 +38,7 @@ def train_stage(run_dir: Path, tokens: Path, nproc: int, batch_size: int, interr
     params["tracking"]["enabled"] = False
     run_dir.mkdir(exist_ok=True)
     (run_dir / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "DVC_ROOT": str(run_dir)}  # resume checkpoints go to <DVC_ROOT>/checkpoints
-    if interrupt_at:  # see tests/fault_injection/sitecustomize.py
-        env.update(GPTCORE_INTERRUPT_AT=interrupt_at, PYTHONPATH=os.pathsep.join(filter(None, [str(FAULTS),
-                                                                                     env.get("PYTHONPATH")])))
+    env = {**(env or os.environ), "DVC_ROOT": str(run_dir)}  # resume checkpoints go to <DVC_ROOT>/checkpoints
     return subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "--params", "params.yaml",
                            "--tokens", str(tokens), "--models", "models", "--metrics", "train.json",
                            "--plots", "plots"], cwd=run_dir, env=env, capture_output=True, text=True, timeout=600)
@@ -53,7 +49,7 @@ def column(path: Path, name: str) -> list[float]:
         return [float(row[name]) for row in csv.DictReader(handle)]
 
 
-def test_two_processes_match_one_with_twice_the_batch_and_resume_exactly(tmp_path, tokens):
+def test_two_processes_match_one_with_twice_the_batch_and_resume_exactly(tmp_path, tokens, fault_env):
     single = train_stage(tmp_path / "single", tokens, nproc=1, batch_size=4)
     assert single.returncode == 0, single.stderr
     ddp = train_stage(tmp_path / "ddp", tokens, nproc=2, batch_size=2)
@@ -76,7 +72,8 @@ def test_two_processes_match_one_with_twice_the_batch_and_resume_exactly(tmp_pat
 
     # SIGTERM to the stage (as DVC or a scheduler would send it) during step 5, raised from rank 1: the
     # stage passes it to torchrun, torchrun to both workers; they stop at the same step, rank 0 saves
-    interrupted = train_stage(tmp_path / "resumed", tokens, nproc=2, batch_size=2, interrupt_at="step:5:1")
+    interrupted = train_stage(tmp_path / "resumed", tokens, nproc=2, batch_size=2,
+                              env=fault_env(GPTCORE_INTERRUPT_AT="step:5:1"))
     assert interrupted.returncode != 0 and not (tmp_path / "resumed" / "models").exists()
     assert "error: stopped by SIGTERM at step" in interrupted.stderr
     resumed = train_stage(tmp_path / "resumed", tokens, nproc=2, batch_size=2)

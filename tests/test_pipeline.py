@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-FAULTS = Path(__file__).resolve().parent / "fault_injection"
 pytestmark = pytest.mark.slow
 
 
@@ -79,7 +78,7 @@ def test_repro_runs_every_stage_and_tracks_one_run(project):
     assert "Running stage" not in run(["dvc", "repro"], project)  # nothing changed: nothing runs
 
 
-def test_train_stage_sigkilled_three_times_resumes_to_bitwise_equal_weights(project):
+def test_train_stage_sigkilled_three_times_resumes_to_bitwise_equal_weights(project, fault_env):
     """SIGKILL mid-step 50, then inside the step-60 evaluation, then inside the step-80 checkpoint write;
     each `dvc repro` continues from the last complete checkpoint (step 40) and the last one finishes
     with the weights of the uninterrupted run."""
@@ -95,10 +94,8 @@ def test_train_stage_sigkilled_three_times_resumes_to_bitwise_equal_weights(proj
     for kill_at, printed, not_printed in [("step:50", "step     40 |", "step     60 |"),
                                           ("evaluate:2", "resuming from step 40", "step     60 |"),
                                           ("checkpoint:1", "step     80 |", "step    100 |")]:
-        env = {**os.environ, "GPTCORE_KILL_AT": kill_at,
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")]))}
-        killed = subprocess.run(["dvc", "repro"], cwd=project, env=env, capture_output=True, text=True,
-                                timeout=900)
+        killed = subprocess.run(["dvc", "repro"], cwd=project, env=fault_env(GPTCORE_KILL_AT=kill_at),
+                                capture_output=True, text=True, timeout=900)
         assert killed.returncode != 0 and "exited with -9" in killed.stderr, (kill_at, killed.stderr)
         assert printed in killed.stdout and not_printed not in killed.stdout, (kill_at, killed.stdout)
         (run_dir,) = checkpoints.iterdir()
