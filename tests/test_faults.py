@@ -1,13 +1,22 @@
 """Faults and hostile files: corrupted checkpoints, failed writes, planted pickles, a dead tracking server."""
 
+import hashlib
+import json
 import os
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from gptcore.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from gptcore.atomic import atomic_write_text
+from gptcore.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, save_model
+from gptcore.hf import export_hf
 from gptcore.model import GPT, ModelConfig
 from gptcore.tracking import Tracker, TrackingUnavailable
 from gptcore.trainer import TrainConfig, Trainer
@@ -57,8 +66,6 @@ def test_planted_pickle_is_refused_even_with_valid_checksums(checkpoint):
 
     state_path = checkpoint / "trainer_state.pt"
     torch.save({"step": 2, "payload": Exploit()}, state_path)  # a pickle that runs code when loaded
-    import hashlib
-    import json
 
     manifest = json.loads((checkpoint / "manifest.json").read_text())
     manifest["sha256"]["trainer_state.pt"] = hashlib.sha256(state_path.read_bytes()).hexdigest()
@@ -96,14 +103,6 @@ def test_unreachable_tracking_server_fails_fast_or_falls_back(tmp_path, monkeypa
 
 
 def test_generate_stage_refuses_a_prompt_longer_than_the_context_before_generating(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import yaml
-
-    from gptcore.checkpoint import save_model
-
     repo = Path(__file__).resolve().parents[1]
     save_model(tiny(), tmp_path / "models")  # context 16
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -120,9 +119,6 @@ def test_generate_stage_refuses_a_prompt_longer_than_the_context_before_generati
 
 def test_failed_output_write_leaves_the_previous_output_intact(tmp_path, monkeypatch):
     """Metrics, plots and model files are written through gptcore.atomic: disk full mid-write keeps the old file."""
-    from gptcore.atomic import atomic_write_text
-    from gptcore.checkpoint import save_model
-
     metrics = tmp_path / "metrics" / "train.json"
     atomic_write_text(metrics, '{"val_loss": 6.38}\n')
     save_model(tiny(), tmp_path / "models")
@@ -143,9 +139,6 @@ def test_failed_output_write_leaves_the_previous_output_intact(tmp_path, monkeyp
 
 def test_outputs_get_the_usual_file_permissions(tmp_path):
     """safetensors creates its files 0600; written outputs follow the umask like any other file."""
-    from gptcore.checkpoint import save_model
-    from gptcore.hf import export_hf
-
     old_umask = os.umask(0o022)
     try:
         save_model(tiny(), tmp_path / "models")
@@ -158,8 +151,6 @@ def test_outputs_get_the_usual_file_permissions(tmp_path):
 
 
 def test_latest_pointer_to_a_missing_checkpoint_is_an_error_not_a_fresh_start(checkpoint):
-    import shutil
-
     shutil.rmtree(checkpoint)
     with pytest.raises(CheckpointError, match=f"points at {checkpoint}, which is missing"):
         latest_checkpoint(checkpoint.parent)
