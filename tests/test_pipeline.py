@@ -61,7 +61,8 @@ def test_repro_runs_every_stage_and_tracks_one_run(project):
         "01-i-had-always-thought-jack-gisburn.md", "01-i-had-always-thought-jack-gisburn.json"}
     sample = json.loads((project / "samples" / "00-every-effort-moves-you.json").read_text())
     assert sample["text"].startswith("Every effort moves you") and sample["sampler"]["top_k"] == 50
-    assert {"model.safetensors", "model_config.json", "mlflow_run.json"} <= {p.name for p in (project / "models").iterdir()}
+    model_files = {p.name for p in (project / "models").iterdir()}
+    assert {"model.safetensors", "model_config.json", "mlflow_run.json"} <= model_files
     assert not list((project / "checkpoints").glob("*/step-*"))  # a finished run leaves no resume state
 
     client = mlflow_client(project)
