@@ -38,22 +38,28 @@ def save_model(model: GPT, folder) -> Path:
     return folder
 
 
-def load_model(folder, **config_overrides) -> GPT:
-    """A model saved by save_model; or an HF GPT-2 folder (config.json + model.safetensors)."""
-    folder = Path(folder)
-    if not (folder / MODEL_CONFIG).is_file():
-        if (folder / "config.json").is_file():
+def load_model(source, drop_rate: float | None = None, n_heads: int | None = None) -> GPT:
+    """A model saved by save_model (folder), a Hugging Face GPT-2 folder (config.json + model.safetensors)
+    or a file saved by the book's code (model.pth, see gptcore.lfs). drop_rate replaces the saved one;
+    n_heads is the head count of a book file, whose tensors do not hold it."""
+    source = Path(source)
+    if source.is_file():
+        from .lfs import load_lfs
+
+        return load_lfs(source, n_heads, ModelConfig.drop_rate if drop_rate is None else drop_rate)
+    if not (source / MODEL_CONFIG).is_file():
+        if (source / "config.json").is_file():
             from .hf import load_hf_folder
 
-            return load_hf_folder(folder, config_overrides.get("drop_rate"))
-        raise FileNotFoundError(f"{folder} holds no gptcore model ({MODEL_CONFIG} + {WEIGHTS}) and no "
-                                "Hugging Face GPT-2 folder (config.json + model.safetensors)")
-    config = ModelConfig(**{**json.loads((folder / MODEL_CONFIG).read_text()), **config_overrides})
-    model = GPT(config)
+            return load_hf_folder(source, drop_rate)
+        raise FileNotFoundError(f"{source} holds no gptcore model ({MODEL_CONFIG} + {WEIGHTS}), no Hugging Face "
+                                "GPT-2 folder (config.json + model.safetensors) and is no book file (model.pth)")
+    saved = json.loads((source / MODEL_CONFIG).read_text())
+    model = GPT(ModelConfig(**{**saved, **({} if drop_rate is None else {"drop_rate": drop_rate})}))
     try:
-        load_safetensors_into(model, str(folder / WEIGHTS))
+        load_safetensors_into(model, str(source / WEIGHTS))
     except Exception as error:  # header/shape errors from safetensors
-        raise CheckpointError(f"cannot load weights {folder / WEIGHTS}: {error}") from error
+        raise CheckpointError(f"cannot load weights {source / WEIGHTS}: {error}") from error
     return model
 
 
@@ -161,7 +167,8 @@ ARCHITECTURE_FIELDS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_
 
 
 def initialize_model(config: ModelConfig, init_from: str = "scratch") -> GPT:
-    """A model to train: random ('scratch'), OpenAI's weights by name, or a gptcore / HF GPT-2 folder.
+    """A model to train: random ('scratch', drawn as config.init says), OpenAI's weights by name, a
+    gptcore / HF GPT-2 folder or a book file (model.pth, its head count taken from the params).
 
     The params' architecture must agree with the weights'; only drop_rate is taken from the params, and a
     shorter context_length keeps the first positions of the weights'.
@@ -172,11 +179,12 @@ def initialize_model(config: ModelConfig, init_from: str = "scratch") -> GPT:
         return GPT(config)
     if init_from in OFFICIAL_MODELS:
         model = load_official(init_from, drop_rate=config.drop_rate)
-    elif Path(init_from).is_dir():
-        model = load_model(init_from, drop_rate=config.drop_rate)
+    elif Path(init_from).exists():
+        model = load_model(init_from, drop_rate=config.drop_rate, n_heads=config.n_heads)
     else:
         raise FileNotFoundError(f"model.init_from {init_from!r} is neither 'scratch', an official GPT-2 name "
-                                f"({', '.join(OFFICIAL_MODELS)}) nor an existing model folder")
+                                f"({', '.join(OFFICIAL_MODELS)}), an existing model folder nor a book file "
+                                "(model.pth)")
     if config.context_length < model.config.context_length:
         model.crop_context(config.context_length)
     loaded = model.config.to_dict()

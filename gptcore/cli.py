@@ -1,4 +1,4 @@
-"""The `gptcore` command: generate, bench, export-hf, info."""
+"""The `gptcore` command: generate, bench, export-hf, export-lfs, info."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from pathlib import Path
 from .stage import USER_ERRORS
 
 
-def load_any(source: str):
-    """A model from a gptcore model folder, an HF GPT-2 folder, or an official name (gpt2 ...)."""
+def load_any(args):
+    """args.model: a gptcore model folder, an HF GPT-2 folder, a book file (model.pth) or an official name."""
     from .checkpoint import load_model
     from .hf import OFFICIAL_MODELS, load_official
 
-    if source in OFFICIAL_MODELS:
-        return load_official(source)
-    return load_model(source)
+    if args.model in OFFICIAL_MODELS:
+        return load_official(args.model)
+    return load_model(args.model, n_heads=args.n_heads)
 
 
 def cmd_generate(args) -> None:
@@ -28,7 +28,7 @@ def cmd_generate(args) -> None:
     from .tokenizer import Tokenizer
 
     validate_sampler(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
-    model = cast_for_inference(load_any(args.model), args.weights).eval()
+    model = cast_for_inference(load_any(args), args.weights).eval()
     tokenizer = Tokenizer()
     prompt_ids = tokenizer.encode(args.prompt)
     check_prompt(len(prompt_ids), model.config.context_length)
@@ -62,16 +62,33 @@ def cmd_bench(args) -> None:
 def cmd_export_hf(args) -> None:
     from .hf import export_hf
 
-    folder = export_hf(load_any(args.model), args.out)
+    folder = export_hf(load_any(args), args.out)
     print(f"wrote {folder}/config.json and {folder}/model.safetensors (load with "
           f"transformers.GPT2LMHeadModel.from_pretrained({str(folder)!r}))")
 
 
+def cmd_export_lfs(args) -> None:
+    from .lfs import export_lfs
+
+    path = export_lfs(load_any(args), args.out)
+    print(f"wrote {path} (in the book's notebooks: model = GPTModel(cfg); "
+          f"model.load_state_dict(torch.load({str(path)!r}, weights_only=True)))")
+
+
 def cmd_info(args) -> None:
-    model = load_any(args.model)
+    model = load_any(args)
     config = model.config.to_dict()
     print(json.dumps({"parameters": model.num_parameters(),
                       "size_mb_fp32": round(model.num_parameters() * 4 / 2 ** 20, 1), "config": config}, indent=2))
+
+
+MODEL_HELP = "gptcore model folder, HF GPT-2 folder, the book's model.pth or an official name (gpt2 ...)"
+
+
+def add_n_heads(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--n-heads", type=int, default=None,
+                         help="attention heads of a book file (model.pth), whose tensors do not hold the count; "
+                              "default: GPT-2's 64-wide heads (width / 64)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser("generate", help="continue a prompt, streaming tokens as they come")
     gen.add_argument("prompt")
-    gen.add_argument("--model", default="models", help="gptcore model folder, HF GPT-2 folder or official name")
+    gen.add_argument("--model", default="models", help=MODEL_HELP)
+    add_n_heads(gen)
     gen.add_argument("--max-new-tokens", type=int, default=50)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     gen.add_argument("--top-k", type=int, default=None)
@@ -103,12 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     export = commands.add_parser("export-hf", help="write a model as a Hugging Face GPT-2 folder")
-    export.add_argument("model")
+    export.add_argument("model", help=MODEL_HELP)
     export.add_argument("out")
+    add_n_heads(export)
     export.set_defaults(func=cmd_export_hf)
 
+    export_book = commands.add_parser("export-lfs", help="write a model as the book's model.pth (LLMs from scratch)")
+    export_book.add_argument("model", help=MODEL_HELP)
+    export_book.add_argument("out", help="the .pth file to write")
+    add_n_heads(export_book)
+    export_book.set_defaults(func=cmd_export_lfs)
+
     info = commands.add_parser("info", help="parameter count and config of a model")
-    info.add_argument("model", nargs="?", default="models")
+    info.add_argument("model", nargs="?", default="models", help=MODEL_HELP)
+    add_n_heads(info)
     info.set_defaults(func=cmd_info)
     return parser
 

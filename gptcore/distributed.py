@@ -86,6 +86,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def check_process_count(nproc: int, device: str = "auto") -> None:
+    """One process per GPU, or per CPU core: more would oversubscribe the machine, so they are refused."""
+    on_gpus = torch.cuda.is_available() and device in ("auto", "cuda")
+    available, unit = (torch.cuda.device_count(), "GPUs") if on_gpus else (physical_cores(), "CPU cores")
+    if nproc > available:
+        raise ValueError(f"params.yaml: train.nproc = {nproc} is more than the {available} {unit} of this "
+                         f"machine; set train.nproc to at most {available}")
+
+
 def run_with_torchrun(nproc: int, script: str, args: list[str]) -> int:
     """Run script with nproc processes on this machine; the exit status of torchrun.
 

@@ -14,6 +14,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 POS_EMBEDDINGS = ("learned", "sinusoidal")
+# torch_default: PyTorch's own initialisation in the book's construction order (its GPTModel after
+# torch.manual_seed gives the same weights); gpt2: N(0, 0.02) with scaled residual projections (GPT-2, nanoGPT)
+INITS = ("torch_default", "gpt2")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class ModelConfig:
     qkv_bias: bool = False
     tie_embeddings: bool = True
     pos_embedding: str = "learned"  # "learned" (GPT-2) or "sinusoidal" (the seed's text)
+    init: str = "gpt2"  # how fresh weights are drawn, one of INITS
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
@@ -45,6 +49,8 @@ class ModelConfig:
         if self.pos_embedding not in POS_EMBEDDINGS:
             raise ValueError(
                 f"model config: pos_embedding must be one of {POS_EMBEDDINGS}, got {self.pos_embedding!r}")
+        if self.init not in INITS:
+            raise ValueError(f"model config: init must be one of {INITS}, got {self.init!r}")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "ModelConfig":
@@ -151,10 +157,20 @@ def sinusoidal_table(context_length: int, emb_dim: int) -> torch.Tensor:
     return table
 
 
+def torch_default_linear_(weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    """nn.Linear's reset_parameters on any (out, in) weight, a row block of a fused one included:
+    Kaiming-uniform weight and a uniform bias, both within 1/sqrt(in_features)."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        bound = 1 / math.sqrt(weight.shape[1])
+        nn.init.uniform_(bias, -bound, bound)
+
+
 class GPT(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        rng_before = torch.get_rng_state()
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.emb_dim),
             drop=nn.Dropout(config.drop_rate),
@@ -169,11 +185,40 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
-        self.apply(self._init_weights)
-        # GPT-2 scales the residual projections by 1/sqrt(2 * n_layers) (two per block)
-        for name, param in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+        if config.init == "torch_default":
+            torch.set_rng_state(rng_before)  # construction drew in gptcore's order; draw again in the book's
+            self._init_like_the_book()
+        else:
+            self.apply(self._init_weights)
+            # GPT-2 scales the residual projections by 1/sqrt(2 * n_layers) (two per block)
+            for name, param in self.named_parameters():
+                if name.endswith("c_proj.weight"):
+                    nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    @torch.no_grad()
+    def _init_like_the_book(self):
+        """PyTorch's default initialisation, drawn in the order in which the book's GPTModel builds its
+        modules: tok_emb, pos_emb, then per block W_query, W_key, W_value, out_proj, ff.layers.0,
+        ff.layers.2 (its LayerNorms draw nothing), then out_head. Each draw fills its tensor element by
+        element from the global generator, so the query, key and value row blocks of the fused c_attn,
+        drawn one after the other (each weight, then its bias), take exactly the numbers of the book's
+        three separate layers; after the same torch.manual_seed the two models hold equal weights."""
+        emb = self.config.emb_dim
+        nn.init.normal_(self.transformer.wte.weight)  # nn.Embedding: N(0, 1)
+        if self.config.pos_embedding == "learned":
+            nn.init.normal_(self.transformer.wpe.weight)
+        for block in self.transformer.h:
+            attn, mlp = block.attn, block.mlp
+            for rows in (slice(0, emb), slice(emb, 2 * emb), slice(2 * emb, 3 * emb)):  # query, key, value
+                torch_default_linear_(attn.c_attn.weight[rows],
+                                      attn.c_attn.bias[rows] if attn.c_attn.bias is not None else None)
+            for linear in (attn.c_proj, mlp.c_fc, mlp.c_proj):
+                torch_default_linear_(linear.weight, linear.bias)
+            for norm in (block.ln_1, block.ln_2):
+                nn.init.ones_(norm.weight)
+                nn.init.zeros_(norm.bias)
+        if not self.config.tie_embeddings:
+            torch_default_linear_(self.lm_head.weight)
 
     @staticmethod
     def _init_weights(module):

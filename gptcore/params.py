@@ -12,9 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from .model import PRESETS
+from .model import INITS, POS_EMBEDDINGS, PRESETS
 from .runtime import INFERENCE_WEIGHTS, PRECISIONS
-from .trainer import SAMPLINGS, TrainConfig
+from .trainer import DECAY_TARGETS, SAMPLINGS, TrainConfig
 
 
 class ParamsError(ValueError):
@@ -92,7 +92,8 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "vocab_size": Rule("int", low=1, nullable=True),
         "drop_rate": Rule("float", low=0.0, high=1.0, high_open=True, nullable=True),
         "qkv_bias": Rule("bool", nullable=True), "tie_embeddings": Rule("bool", nullable=True),
-        "pos_embedding": Rule("choice", choices=("learned", "sinusoidal"), nullable=True),
+        "pos_embedding": Rule("choice", choices=POS_EMBEDDINGS, nullable=True),
+        "init": Rule("choice", choices=INITS, nullable=True),
     },
     "train": {
         "epochs": Rule("int", low=1, nullable=True), "max_steps": Rule("int", low=1, nullable=True),
@@ -101,10 +102,11 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "shuffle": Rule("bool"), "drop_last": Rule("bool"),
         "peak_lr": Rule("float", low=0.0, high=1.0, low_open=True), "initial_lr": LR, "min_lr": LR,
         "warmup_steps": Rule("int", low=0), "cosine_decay": Rule("bool"),
-        "weight_decay": Rule("float", low=0.0, high=1.0),
+        "weight_decay": Rule("float", low=0.0, high=1.0), "weight_decay_on": Rule("choice", choices=DECAY_TARGETS),
         "beta1": Rule("float", low=0.0, high=1.0, high_open=True),
         "beta2": Rule("float", low=0.0, high=1.0, high_open=True),
-        "max_grad_norm": Rule("float", low=0.0), "eval_freq": POSITIVE_INT, "eval_iter": POSITIVE_INT,
+        "max_grad_norm": Rule("float", low=0.0), "clip_after_warmup": Rule("bool"),
+        "eval_freq": POSITIVE_INT, "eval_iter": POSITIVE_INT,
         "sample_prompt": Rule("str", nullable=True), "sample_tokens": Rule("int", low=0),
         "precision": Rule("choice", choices=PRECISIONS), "compile": Rule("bool"), "device": Rule("str"),
         "seed": Rule("int", low=0), "checkpoint_every": Rule("int", low=0), "threads": Rule("int", low=1, nullable=True),

@@ -8,6 +8,10 @@ import os
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Forces what `precision: auto` resolves to, for a whole run of the tests or of the pipeline: CI reproduces
+# the committed metrics at the precision that made them, and the suite runs "as an AVX2 machine would"
+# (fp32) or "as an AMX machine would" (bf16) on either kind.
+AUTO_PRECISION_ENV = "GPTCORE_AUTO_PRECISION"
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -61,8 +65,40 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise ValueError(f"precision 'fp16' needs a CUDA device (a gradient scaler guards its range); "
                          f"on {device.type} use 'bf16' or 'fp32'")
     if precision == "auto":
-        return "bf16" if fast_bf16(device) else "fp32"
+        forced = os.environ.get(AUTO_PRECISION_ENV)
+        if not forced:
+            return "bf16" if fast_bf16(device) else "fp32"
+        if forced not in PRECISIONS[1:]:
+            raise ValueError(f"{AUTO_PRECISION_ENV}={forced!r} is not a precision; set it to one of "
+                             f"{', '.join(PRECISIONS[1:])} or unset it")
+        return resolve_precision(forced, device)
     return precision
+
+
+def cpu_model() -> str:
+    """The CPU's model name as lscpu prints it (platform's processor string elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def describe_runtime(device: torch.device, precision: str, threads: int, processes: int = 1) -> dict:
+    """What produced a run's numbers: enough to tell whether another machine can reproduce them."""
+    description = {"precision": precision, "device": device.type, "torch": torch.__version__,
+                   "threads": threads, "processes": processes}
+    if device.type == "cuda":
+        description["gpu"] = torch.cuda.get_device_name(device)
+    description["cpu"] = cpu_model()
+    description["avx512_bf16"] = torch.cpu._is_avx512_bf16_supported()
+    description["amx_tile"] = torch.cpu._is_amx_tile_supported()
+    return description
 
 
 def autocast(precision: str, device: torch.device):

@@ -149,6 +149,11 @@ class Tracker:
     def log_metrics(self, metrics: dict, step: int | None = None):
         self.client.log_batch(self.run_id, metrics=as_metrics(metrics, step or 0))
 
+    def set_tags(self, tags: dict):
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
     def log_text(self, text: str, artifact_file: str):
         self.client.log_text(self.run_id, text, artifact_file)
 

@@ -31,6 +31,9 @@ from .sampling import generate
 from .schedule import learning_rate
 
 SAMPLINGS = ("sliding", "random")
+# all: every parameter, as the book's AdamW(model.parameters(), weight_decay=...); matrices: 2-D weights
+# and embeddings only, not biases and LayerNorms (GPT-2, nanoGPT)
+DECAY_TARGETS = ("all", "matrices")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -57,9 +60,11 @@ class TrainConfig:
     warmup_steps: int = 10
     cosine_decay: bool = True
     weight_decay: float = 0.1
+    weight_decay_on: str = "all"  # one of DECAY_TARGETS
     beta1: float = 0.9
     beta2: float = 0.95
     max_grad_norm: float = 1.0  # 0 turns clipping off
+    clip_after_warmup: bool = True  # clip from step warmup_steps on (the book); False: from step 0 (nanoGPT)
     eval_freq: int = 5
     eval_iter: int = 5
     sample_prompt: str = "Every effort moves you"
@@ -73,10 +78,15 @@ class TrainConfig:
 
 
 def build_optimizer(model: GPT, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on 2-D tensors (matmuls, embeddings) only, as nanoGPT does."""
+    """AdamW with weight decay on every parameter (the book) or on 2-D tensors only (nanoGPT)."""
+    if config.weight_decay_on not in DECAY_TARGETS:
+        raise ValueError(f"weight_decay_on must be one of {DECAY_TARGETS}, got {config.weight_decay_on!r}")
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    if config.weight_decay_on == "all":
+        groups = [{"params": params, "weight_decay": config.weight_decay}]
+    else:
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=config.peak_lr, betas=(config.beta1, config.beta2), fused=fused)
 
@@ -165,8 +175,8 @@ class Trainer:
         self.device = pick_device(config.device)
         if self.device.type == "cuda" and place.enabled:
             self.device = torch.device("cuda", place.local_rank)
-        if self.device.type == "cpu":
-            set_cpu_threads(config.threads or max(1, physical_cores() // place.local_world_size))
+        self.threads = set_cpu_threads(config.threads or max(1, physical_cores() // place.local_world_size)) \
+            if self.device.type == "cpu" else torch.get_num_threads()
         self.precision = resolve_precision(config.precision, self.device)
         self.model = model.to(self.device)
         context = model.config.context_length
@@ -293,7 +303,8 @@ class Trainer:
                     f"good checkpoint is kept. Lower train.peak_lr or use precision fp32/bf16")
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)
-            max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
+            clipping = config.max_grad_norm > 0 and not (config.clip_after_warmup and self.step < config.warmup_steps)
+            max_norm = config.max_grad_norm if clipping else float("inf")  # inf: measure the norm, scale by 1
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
             if self.scaler:
                 self.scaler.step(self.optimizer)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from gptcore.atomic import atomic_write_text
 from gptcore.checkpoint import load_model
 from gptcore.datasets import GPTDataset, make_dataloader
-from gptcore.runtime import pick_device, resolve_precision, set_cpu_threads
+from gptcore.runtime import describe_runtime, pick_device, resolve_precision, set_cpu_threads
 from gptcore.stage import run_stage, stage_params, stage_tracker
 from gptcore.token_files import load_tokens
 from gptcore.trainer import evaluate_loss
@@ -24,8 +24,7 @@ from gptcore.trainer import evaluate_loss
 def evaluate(settings: dict, model_dir: Path, tokens_dir: Path) -> dict:
     """Mean loss over non-overlapping windows of each split (all of them unless max_batches is set)."""
     device = pick_device(settings["device"])
-    if device.type == "cpu":
-        set_cpu_threads()
+    threads = set_cpu_threads() if device.type == "cpu" else torch.get_num_threads()
     precision = resolve_precision(settings["precision"], device)
     model = load_model(model_dir).to(device)
     context = model.config.context_length
@@ -43,6 +42,7 @@ def evaluate(settings: dict, model_dir: Path, tokens_dir: Path) -> dict:
         metrics[f"{split}_loss"] = loss
         metrics[f"{split}_perplexity"] = math.exp(loss)
     metrics["tokens_per_second"] = tokens / seconds
+    metrics["runtime"] = describe_runtime(device, precision, threads)
     return metrics
 
 
@@ -59,7 +59,7 @@ def main() -> None:
         metrics = evaluate(params["evaluate"], args.models, args.tokens)
     atomic_write_text(args.metrics, json.dumps(metrics, indent=2) + "\n")
     if tracker:
-        tracker.log_metrics({f"eval_{k}": v for k, v in metrics.items()})
+        tracker.log_metrics({f"eval_{k}": v for k, v in metrics.items() if k != "runtime"})
         tracker.finish()
     print(f"train loss {metrics['train_loss']:.3f} (perplexity {metrics['train_perplexity']:.1f}), validation "
           f"loss {metrics['val_loss']:.3f} (perplexity {metrics['val_perplexity']:.1f})")

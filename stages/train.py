@@ -25,6 +25,7 @@ from gptcore import distributed
 from gptcore.atomic import atomic_write_text
 from gptcore.checkpoint import initialize_model, latest_checkpoint, save_model
 from gptcore.params import model_config
+from gptcore.runtime import describe_runtime
 from gptcore.plots import draw_plots, write_plot_data
 from gptcore.stage import run_stage, stage_params
 from gptcore.token_files import load_tokens
@@ -61,7 +62,9 @@ def train(params: dict, tokens_dir: Path, model_dir: Path, metrics_file: Path, p
                "steps": trainer.step, "tokens_seen": trainer.tokens_seen,
                "tokens_per_second": sum(s["tokens_per_second"] for s in steps) / len(steps),
                "parameters": model.num_parameters(),
-               "wall_seconds_this_session": time.perf_counter() - started}
+               "wall_seconds_this_session": time.perf_counter() - started,
+               "runtime": describe_runtime(trainer.device, trainer.precision, trainer.threads,
+                                           distributed.current().world_size)}
     save_model(model, model_dir)
     write_plot_data(history, plots_dir)
     pictures = draw_plots(history, plots_dir)
@@ -70,6 +73,7 @@ def train(params: dict, tokens_dir: Path, model_dir: Path, metrics_file: Path, p
         tracker.write_run_file(model_dir)
         tracker.log_metrics({f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
                             trainer.step)
+        tracker.set_tags({f"runtime.{k}": v for k, v in metrics["runtime"].items()})
         for picture in pictures:
             tracker.log_artifact(picture, "plots")
         tracker.finish()
@@ -98,6 +102,7 @@ def main() -> None:
     args = parser.parse_args()
     params = stage_params("data", "model", "train", "tracking", path=args.params)
     if params["train"]["nproc"] > 1 and not distributed.launched_by_torchrun():
+        distributed.check_process_count(params["train"]["nproc"], params["train"]["device"])
         sys.exit(distributed.run_with_torchrun(params["train"]["nproc"], __file__, sys.argv[1:]))
     distributed.init_distributed(params["train"]["device"])
     try:

@@ -15,6 +15,39 @@ if SHARED.is_dir():
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_addoption(parser):
+    parser.addoption("--auto-precision", choices=("fp32", "bf16"), default=None,
+                     help="what precision 'auto' resolves to in this test run and the stages it starts "
+                          "(sets GPTCORE_AUTO_PRECISION): fp32 runs the suite as an AVX2-only machine would, "
+                          "bf16 as an AMX or AVX512-BF16 one would")
+
+
+def pytest_configure(config):
+    from gptcore.runtime import AUTO_PRECISION_ENV
+
+    forced = config.getoption("--auto-precision")
+    if forced:
+        os.environ[AUTO_PRECISION_ENV] = forced
+
+
+def pytest_report_header(config):
+    from gptcore.runtime import AUTO_PRECISION_ENV, cpu_model, resolve_precision
+
+    return (f"cpu: {cpu_model()}; precision auto -> {resolve_precision('auto', torch.device('cpu'))}"
+            f" ({AUTO_PRECISION_ENV}={os.environ.get(AUTO_PRECISION_ENV, '')})")
+
+
+def native_bf16() -> bool:
+    from gptcore.runtime import fast_bf16
+
+    return fast_bf16(torch.device("cpu"))
+
+
+# bf16 on a CPU without AVX512-BF16 or AMX is emulated, ~100x slower than fp32: tests of bf16 at any size
+# run only where it is native
+needs_native_bf16 = pytest.mark.skipif(not native_bf16(), reason="bf16 is emulated on this CPU (no AVX512-BF16/AMX)")
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED.is_dir():

@@ -29,10 +29,11 @@ def tokens(tmp_path_factory, shared_dir):
 
 def train_stage(run_dir: Path, tokens: Path, nproc: int, batch_size: int, grad_accum_steps: int = 1,
                 env: dict | None = None):
-    """Run stages/train.py as DVC would (tiny model, no dropout so the processes' RNGs do not matter)."""
+    """Run stages/train.py as DVC would (tiny model, no dropout so the processes' RNGs do not matter; fp32
+    whatever the CPU: the comparisons below need 1e-5, which bf16's 2^-8 rounding cannot give)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["model"].update(preset="tiny", context_length=32, drop_rate=0.0)
-    params["train"].update(epochs=None, max_steps=8, batch_size=batch_size, nproc=nproc, eval_freq=4,
+    params["train"].update(epochs=None, max_steps=8, batch_size=batch_size, nproc=nproc, eval_freq=4, precision="fp32",
                            grad_accum_steps=grad_accum_steps,
                            eval_iter=2, checkpoint_every=3, warmup_steps=2, sample_tokens=3)
     params["tracking"]["enabled"] = False

@@ -9,7 +9,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+
+from gptcore.runtime import cpu_model, resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -56,6 +59,9 @@ def test_repro_runs_every_stage_and_tracks_one_run(project):
     eval_metrics = json.loads((project / "metrics" / "eval.json").read_text())
     assert train_metrics["steps"] == 2 * (4612 // 32 // 2)  # 2 epochs of 72 batches of 2 windows
     assert eval_metrics["val_perplexity"] > 1 and eval_metrics["val_loss"] < 10.9
+    auto = resolve_precision("auto", torch.device("cpu"))  # what made the numbers travels with them
+    assert train_metrics["runtime"]["precision"] == eval_metrics["runtime"]["precision"] == auto
+    assert train_metrics["runtime"]["cpu"] == cpu_model() and train_metrics["runtime"]["processes"] == 1
     assert {p.name for p in (project / "samples").iterdir()} == {
         "00-every-effort-moves-you.md", "00-every-effort-moves-you.json",
         "01-i-had-always-thought-jack-gisburn.md", "01-i-had-always-thought-jack-gisburn.json"}
@@ -70,7 +76,7 @@ def test_repro_runs_every_stage_and_tracks_one_run(project):
     (mlrun,) = client.search_runs([experiment.experiment_id])
     assert mlrun.data.params["train.peak_lr"] == "0.0005" and mlrun.data.params["generate.max_new_tokens"] == "8"
     assert mlrun.data.tags["model_preset"] == "tiny" and len(mlrun.data.tags["git_commit"]) == 40
-    assert "eval_val_loss" in mlrun.data.metrics
+    assert "eval_val_loss" in mlrun.data.metrics and mlrun.data.tags["runtime.precision"] == auto
     history = client.get_metric_history(mlrun.info.run_id, "train_loss")
     assert [m.step for m in history] == list(range(1, train_metrics["steps"] + 1))
     artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id)}

@@ -32,9 +32,11 @@ def config(**overrides):
     return TrainConfig(**{**base, **overrides})
 
 
-def test_weight_decay_only_on_2d_weights():
+def test_weight_decay_on_every_parameter_as_the_book_or_on_2d_weights_only():
     model = tiny_model()
-    decay, no_decay = build_optimizer(model, config(), torch.device("cpu")).param_groups
+    (everything,) = build_optimizer(model, config(), torch.device("cpu")).param_groups
+    assert everything["weight_decay"] == 0.1 and len(everything["params"]) == len(list(model.parameters()))
+    decay, no_decay = build_optimizer(model, config(weight_decay_on="matrices"), torch.device("cpu")).param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
     names = {id(p): n for n, p in model.named_parameters()}
@@ -48,7 +50,7 @@ def test_records_lr_schedule_and_evaluations():
     steps = history["steps"]
     assert trainer.steps_per_epoch == 12 and len(steps) == trainer.total_steps == 24
     assert steps[0]["lr"] == pytest.approx(1e-5) and steps[2]["lr"] == pytest.approx(1e-3)
-    assert steps[-1]["lr"] == pytest.approx(1e-5)  # min_lr at the last step
+    assert steps[-1]["lr"] == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * 21 / 22)))
     assert [s["tokens_seen"] for s in steps[:2]] == [32, 64]
     assert [s["epoch"] for s in steps] == [0] * 12 + [1] * 12
     assert [e["step"] for e in history["evals"]] == [4, 8, 12, 16, 20, 24]
@@ -56,13 +58,30 @@ def test_records_lr_schedule_and_evaluations():
 
 
 def test_grad_norm_is_reported_before_clipping_and_clipping_changes_the_update():
-    clipped = Trainer(tiny_model(0.0), config(max_steps=1, max_grad_norm=1e-3), TRAIN, VAL)
+    clipped = Trainer(tiny_model(0.0), config(max_steps=1, max_grad_norm=1e-3, clip_after_warmup=False), TRAIN, VAL)
     unclipped = Trainer(tiny_model(0.0), config(max_steps=1, max_grad_norm=0), TRAIN, VAL)
     norm_clipped = clipped.fit()["steps"][0]["grad_norm"]
     norm_unclipped = unclipped.fit()["steps"][0]["grad_norm"]
     assert norm_clipped == pytest.approx(norm_unclipped, rel=1e-6) and norm_clipped > 1e-3
     assert not torch.equal(clipped.model.transformer.h[0].mlp.c_fc.weight,
                            unclipped.model.transformer.h[0].mlp.c_fc.weight)
+
+
+def test_clip_after_warmup_leaves_the_warmup_steps_unclipped_as_the_book_does():
+    def weights_after(steps, **overrides):
+        settings = {"max_steps": steps, "warmup_steps": 2, "max_grad_norm": 1e-3, **overrides}
+        trainer = Trainer(tiny_model(0.0), config(**settings), TRAIN, VAL)
+        norms = [s["grad_norm"] for s in trainer.fit()["steps"]]
+        return trainer.model.transformer.h[0].mlp.c_fc.weight.detach().clone(), norms
+
+    after_warmup, norms = weights_after(2)  # steps 0 and 1 are warmup: not clipped
+    unclipped, _ = weights_after(2, max_grad_norm=0)
+    from_start, _ = weights_after(2, clip_after_warmup=False)
+    assert torch.equal(after_warmup, unclipped) and not torch.equal(after_warmup, from_start)
+    assert min(norms) > 1e-3  # so clipping would have changed them
+    clipped_third, _ = weights_after(3)  # step 2 (= warmup_steps) is clipped
+    unclipped_third, _ = weights_after(3, max_grad_norm=0)
+    assert not torch.equal(clipped_third, unclipped_third)
 
 
 def test_gradient_accumulation_equals_a_larger_batch():

@@ -1,0 +1,181 @@
+"""GPU check: gptcore's CUDA paths, exercised and measured in one run (a few minutes on one H100).
+
+    PYTHONPATH=. python benchmarks/gpu_check.py --out gpu_check.json
+
+Checks (each prints one line, PASS or FAIL, with the measured numbers):
+  1. the card's bf16 matmul rate (8192^3), the peak MFU is measured against;
+  2. fp32 / bf16 autocast / fp16 autocast with the gradient scaler train the same small model to the
+     same losses within their precision (bf16: 8 mantissa bits, fp16: 11);
+  3. generation with the KV cache gives the tokens of generation without it (fp32, greedy, across
+     a window slide);
+  4. a run stopped at a checkpoint and resumed ends with the weights of a straight run, bitwise (with
+     dropout, so the CUDA generator state travels with the checkpoint);
+  5. training throughput of GPT-2 124M at context 1024 in bf16, eager and torch.compile'd, through the
+     Trainer as the pipeline uses it: tokens/s and MFU (nanoGPT's 6N + 12 L T d FLOPs per token).
+Uses random tokens (no corpus, no tokenizer files) and no MLflow or DVC, so it runs on a bare GPU
+machine with PyTorch, safetensors, tiktoken, tqdm and numpy. On a CPU-only machine it exits 0 after
+saying so (the CPU test suite runs its helpers on the CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gptcore.model import GPT, ModelConfig
+from gptcore.sampling import generate
+from gptcore.trainer import TrainConfig, Trainer, TrainerCallback, TrainingInterrupted
+
+SMALL = dict(n_layers=4, n_heads=4, emb_dim=256, context_length=128)
+
+
+def random_tokens(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 50257, n).astype(np.uint16)
+
+
+def matmul_tflops(device: torch.device, dtype=torch.bfloat16, n: int = 8192, rounds: int = 10) -> float:
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(rounds):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * n ** 3 * rounds / (start.elapsed_time(end) / 1e3) / 1e12
+
+
+def small_run(precision: str, steps: int = 20, drop_rate: float = 0.0, checkpoint_dir=None, callbacks=(),
+              device: str = "cuda"):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig.from_preset("tiny", **SMALL, drop_rate=drop_rate))
+    config = TrainConfig(epochs=None, max_steps=steps, batch_size=8, sampling="random", peak_lr=1e-3,
+                         warmup_steps=2, eval_freq=10, eval_iter=2, precision=precision, device=device,
+                         sample_tokens=0, checkpoint_every=0, seed=1)
+    trainer = Trainer(model, config, random_tokens(200_000), random_tokens(20_000, 1),
+                      checkpoint_dir=checkpoint_dir, callbacks=callbacks)
+    return trainer
+
+
+def check_precisions(device: str) -> dict:
+    losses = {precision: [s["train_loss"] for s in small_run(precision, device=device).fit()["steps"]]
+              for precision in ("fp32", "bf16", "fp16")}
+    reference = np.array(losses["fp32"])
+    gaps = {p: float(np.max(np.abs(np.array(losses[p]) - reference) / reference)) for p in ("bf16", "fp16")}
+    bounds = {"bf16": 2e-2, "fp16": 5e-3}  # relative: ~2^-8 and ~2^-11 rounding, grown over 20 steps
+    return {"losses": losses, "max_relative_gap": gaps, "bounds": bounds,
+            "passed": all(gaps[p] <= bounds[p] for p in gaps)}
+
+
+def check_kv_cache(device: str) -> dict:
+    torch.manual_seed(0)
+    model = GPT(ModelConfig.from_preset("tiny", **SMALL, drop_rate=0.0)).to(device).eval()
+    prompt = torch.from_numpy(random_tokens(20, 2).astype(np.int64))[None].to(device)
+    with torch.no_grad():
+        cached = generate(model, prompt, 200, use_cache=True)  # 220 tokens: the 128 window slides
+        uncached = generate(model, prompt, 200, use_cache=False)
+    same = int((cached == uncached).sum()) - prompt.numel()
+    return {"tokens": 200, "equal_tokens": same, "passed": same == 200}
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, trainer_box: list, step: int):
+        self.trainer_box, self.step = trainer_box, step
+
+    def on_step(self, record):
+        if record["step"] == self.step:
+            self.trainer_box[0].stop_signal = "SIGTERM"
+
+
+def check_resume(device: str, precision: str) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        straight = small_run(precision, steps=8, drop_rate=0.1, device=device)
+        straight.fit()
+        box: list = []
+        interrupted = small_run(precision, steps=8, drop_rate=0.1, checkpoint_dir=Path(folder), device=device)
+        box.append(interrupted)
+        interrupted.callbacks.append(StopAt(box, 4))
+        try:
+            interrupted.fit()
+        except TrainingInterrupted:
+            pass
+        resumed = small_run(precision, steps=8, drop_rate=0.1, checkpoint_dir=Path(folder), device=device)
+        assert resumed.resume() and resumed.step == 4
+        resumed.fit()
+        a, b = straight.model.state_dict(), resumed.model.state_dict()
+        differing = [name for name in a if not torch.equal(a[name], b[name])]
+    return {"precision": precision, "differing_tensors": differing, "passed": not differing}
+
+
+def train_throughput(device: str, compile_model: bool, peak_tflops: float, batch: int, steps: int) -> dict:
+    torch.manual_seed(0)
+    model = GPT(ModelConfig.from_preset("gpt2-small", context_length=1024, drop_rate=0.0))
+    config = TrainConfig(epochs=None, max_steps=steps, batch_size=batch, sampling="random", peak_lr=6e-4,
+                         warmup_steps=2, eval_freq=10 ** 6, eval_iter=1, precision="bf16", device=device,
+                         compile=compile_model, sample_tokens=0, weight_decay_on="matrices")
+    trainer = Trainer(model, config, random_tokens(5_000_000), random_tokens(100_000, 1))
+    started = time.perf_counter()
+    history = trainer.fit()
+    wall = time.perf_counter() - started
+    seconds = [s["step_seconds"] for s in history["steps"]]
+    steady = statistics.median(seconds[len(seconds) // 2:])
+    tokens_per_second = batch * 1024 / steady
+    cfg = model.config
+    n = model.num_parameters() - model.transformer.wpe.weight.numel()
+    flops_per_token = 6 * n + 12 * cfg.n_layers * cfg.emb_dim * cfg.context_length
+    return {"compile": compile_model, "batch": batch, "context": 1024, "steps": steps,
+            "first_step_seconds": seconds[0], "median_step_seconds": steady, "tokens_per_second": tokens_per_second,
+            "mfu": flops_per_token * tokens_per_second / (peak_tflops * 1e12), "wall_seconds": wall,
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2 ** 30}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="gpu_check.json")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=30)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to check here (run it on a GPU machine)")
+        return 0
+    device = "cuda"
+    result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda}
+    print(f"{result['gpu']}, torch {result['torch']}, CUDA {result['cuda']}", flush=True)
+    result["bf16_matmul_tflops"] = peak = matmul_tflops(torch.device(device))
+    print(f"bf16 matmul 8192^3: {peak:.0f} TFLOP/s", flush=True)
+    checks = [("precisions", lambda: check_precisions(device)), ("kv_cache", lambda: check_kv_cache(device)),
+              ("resume_fp32", lambda: check_resume(device, "fp32")),
+              ("resume_bf16", lambda: check_resume(device, "bf16"))]
+    failed = 0
+    for name, check in checks:
+        try:
+            outcome = check()
+        except Exception as error:  # report and go on: one broken path must not hide the others
+            outcome = {"passed": False, "error": f"{type(error).__name__}: {error}"}
+        result[name] = outcome
+        failed += not outcome["passed"]
+        shown = {k: v for k, v in outcome.items() if k != "losses"}
+        print(f"{'PASS' if outcome['passed'] else 'FAIL'} {name}: {json.dumps(shown)}", flush=True)
+    result["throughput"] = []
+    for compile_model in (False, True):
+        try:
+            row = train_throughput(device, compile_model, peak, args.batch, args.steps)
+        except Exception as error:
+            row, failed = {"compile": compile_model, "error": f"{type(error).__name__}: {error}"}, failed + 1
+        result["throughput"].append(row)
+        print(f"train 124M ctx 1024 bf16 {'compiled' if compile_model else 'eager'}: {json.dumps(row)}", flush=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""The GPU check script's parts that run anywhere: on the CPU here, on CUDA when it is run on a GPU."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+gpu_check = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpu_check)
+
+
+def test_cached_generation_check_passes_on_the_cpu():
+    assert gpu_check.check_kv_cache("cpu") == {"tokens": 200, "equal_tokens": 200, "passed": True}
+
+
+@pytest.mark.slow
+def test_resume_check_passes_on_the_cpu():
+    assert gpu_check.check_resume("cpu", "fp32") == {"precision": "fp32", "differing_tensors": [], "passed": True}
+
+
+def test_without_cuda_the_script_says_so_and_succeeds(monkeypatch, capsys):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("sys.argv", ["gpu_check.py"])
+    assert gpu_check.main() == 0
+    assert "no CUDA device" in capsys.readouterr().out
