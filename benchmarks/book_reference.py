@@ -7,7 +7,13 @@ train_model (warmup, cosine, clipping after warmup: the pipeline's default recip
 --chapter5, chapter 5's train_model_simple (constant learning rate, no clipping). Prints the last
 evaluation, the lowest validation loss and the losses over the whole splits, as JSON.
 
+With --gptcore-order the book's loop gets gptcore's batch order (its seeded per-epoch shuffle) from
+loaders that draw nothing from the global generator; the book's own DataLoaders draw a seed from it at
+every pass and evaluation, which shifts every later dropout mask. The two runs then see the same
+batches and the same dropout masks, and differ only by floating-point rounding.
+
     python benchmarks/book_reference.py                 # params.yaml's recipe through appendix D
+    python benchmarks/book_reference.py --gptcore-order # ... on gptcore's batches and dropout masks
     python benchmarks/book_reference.py --chapter5      # chapter 5: lr 4e-4, 10 epochs, no schedule
 """
 
@@ -19,7 +25,24 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
+from torch.utils.data import DataLoader
+
+
+class PassOrder(torch.utils.data.Sampler):
+    """gptcore's per-epoch order, moving to the next epoch when a pass runs to its end (a training
+    pass); the book's evaluations stop early inside a pass and leave the epoch as it is."""
+
+    def __init__(self, length: int, seed: int, batch_size: int):
+        from gptcore.datasets import EpochSampler
+
+        self.epochs = EpochSampler(length, True, seed, batch_size)
+
+    def __iter__(self):
+        yield from self.epochs.order()
+        self.epochs.set_position(self.epochs.epoch + 1)
+
+    def __len__(self):
+        return len(self.epochs)
 
 
 def main() -> None:
@@ -35,6 +58,8 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--prepared", default="data/prepared", type=Path)
     parser.add_argument("--chapter5", action="store_true", help="train_model_simple with lr 4e-4, no schedule")
+    parser.add_argument("--gptcore-order", action="store_true",
+                        help="gptcore's batch order, and loaders that leave the global generator to dropout")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     params = load_params(args.params)
@@ -50,8 +75,13 @@ def main() -> None:
 
     def loader(split: str, shuffle: bool, drop_last: bool):
         text = (args.prepared / f"{split}.txt").read_text(encoding="utf-8")
-        return create_dataloader_v1(text, batch_size=train["batch_size"], max_length=context, stride=context,
-                                    shuffle=shuffle, drop_last=drop_last)
+        book_loader = create_dataloader_v1(text, batch_size=train["batch_size"], max_length=context, stride=context,
+                                           shuffle=shuffle, drop_last=drop_last)
+        if not args.gptcore_order:
+            return book_loader
+        order = PassOrder(len(book_loader.dataset), train["seed"], train["batch_size"]) if shuffle else None
+        return DataLoader(book_loader.dataset, batch_size=train["batch_size"], sampler=order, drop_last=drop_last,
+                          generator=torch.Generator().manual_seed(0))
 
     tokenizer = Tokenizer().encoding  # also points tiktoken at the offline mirror, for the book's loaders
     train_loader, val_loader = loader("train", True, True), loader("val", False, False)
@@ -76,6 +106,7 @@ def main() -> None:
         whole_val = calc_loss_loader(val_loader, model, "cpu")
     lowest = min(range(len(val_losses)), key=val_losses.__getitem__)
     print(json.dumps({"recipe": "chapter 5 (train_model_simple)" if args.chapter5 else "appendix D (train_model)",
+                      "batch_order": "gptcore's" if args.gptcore_order else "the book's DataLoader",
                       "last_eval": {"train_loss": train_losses[-1], "val_loss": val_losses[-1]},
                       "lowest_val_loss": {"value": val_losses[lowest], "eval_index": lowest},
                       "whole_splits": {"train_loss": whole_train, "val_loss": whole_val},
