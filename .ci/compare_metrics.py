@@ -12,9 +12,10 @@ pipeline ran twice on one machine (AMD EPYC Zen 4, 2 threads, torch 2.13.0), in 
 AVX512 kernels and again with PyTorch's and oneDNN's kernels held to AVX2 (ATEN_CPU_CAPABILITY=avx2,
 ONEDNN_MAX_CPU_ISA=AVX2), the code paths of the AVX2-only machine kind. The largest relative
 difference of any compared value was 9.5e-7 (validation perplexity; the losses 2.0e-7 and less): the
-fp32 tolerance is 10x that, 1e-5. The bf16 tolerance is 3x the largest relative difference between
-that machine's bf16 and fp32 runs of the default pipeline, a bound on how far two bf16 kernels (AMX,
-AVX512-BF16) drift apart that no pair of bf16 machines here could measure directly.
+fp32 tolerance is 10x that, 1e-5. The bf16 tolerance, 1e-2, is 3x the largest relative difference
+between that machine's bf16 and fp32 runs of the default pipeline (3.2e-3, train perplexity; the
+losses 1.5e-3 and less): a bound on how far two bf16 kernels (AMX, AVX512-BF16) drift apart, which
+no pair of bf16 machines here could measure directly.
 """
 
 import json
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 FILES = ("metrics/train.json", "metrics/eval.json")
 EXACT = ("steps", "tokens_seen", "parameters")
 LOSSES = ("train_loss", "val_loss", "train_perplexity", "val_perplexity")
-RELATIVE_TOLERANCE = {"fp32": 1e-5, "bf16": BF16_TOLERANCE}
+RELATIVE_TOLERANCE = {"fp32": 1e-5, "bf16": 1e-2}
 
 
 def committed(path: str) -> dict:
