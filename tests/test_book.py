@@ -22,7 +22,7 @@ from gptcore.sampling import generate
 from gptcore.token_files import load_tokens, tokenize_splits
 from gptcore.trainer import TrainConfig, Trainer
 
-book = pytest.importorskip("llms_from_scratch", reason="the book's package: pip install --no-deps llms-from-scratch")
+pytest.importorskip("llms_from_scratch", reason="the book's package: pip install --no-deps llms-from-scratch")
 from llms_from_scratch.appendix_d import train_model  # noqa: E402
 from llms_from_scratch.ch02 import create_dataloader_v1  # noqa: E402
 from llms_from_scratch.ch04 import GPTModel, generate_text_simple  # noqa: E402
