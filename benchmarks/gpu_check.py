@@ -88,22 +88,22 @@ def check_kv_cache(device: str) -> dict:
 
 
 class StopAt(TrainerCallback):
-    def __init__(self, trainer_box: list, step: int):
-        self.trainer_box, self.step = trainer_box, step
+    """Asks the trainer to stop after a given step, as a SIGTERM would."""
+
+    def __init__(self, trainer: Trainer, step: int):
+        self.trainer, self.step = trainer, step
 
     def on_step(self, record):
         if record["step"] == self.step:
-            self.trainer_box[0].stop_signal = "SIGTERM"
+            self.trainer.stop_signal = "SIGTERM"
 
 
 def check_resume(device: str, precision: str) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         straight = small_run(precision, steps=8, drop_rate=0.1, device=device)
         straight.fit()
-        box: list = []
         interrupted = small_run(precision, steps=8, drop_rate=0.1, checkpoint_dir=Path(folder), device=device)
-        box.append(interrupted)
-        interrupted.callbacks.append(StopAt(box, 4))
+        interrupted.callbacks.append(StopAt(interrupted, 4))
         try:
             interrupted.fit()
         except TrainingInterrupted:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from gptcore.checkpoint import initialize_model, load_model
+from gptcore.checkpoint import initialize_model, load_model, save_model
 from gptcore.cli import main
 from gptcore.corpus import VERDICT_SHA256, VERDICT_URL, prepare_corpus, resolve_sources
 from gptcore.lfs import LfsFormatError, export_lfs, lfs_state_dict, load_lfs
@@ -87,8 +87,6 @@ def test_a_book_model_pth_loads_with_its_config_inferred_and_generates_the_books
 def test_export_lfs_loads_strictly_into_the_books_gptmodel_with_equal_logits(tmp_path, capsys):
     torch.manual_seed(5)
     model = GPT(ModelConfig(**SMALL, tie_embeddings=True)).eval()  # tied: the book gets a copy in out_head
-    from gptcore.checkpoint import save_model
-
     save_model(model, tmp_path / "models")
     assert main(["export-lfs", str(tmp_path / "models"), str(tmp_path / "model.pth")]) == 0
     assert "model.pth" in capsys.readouterr().out
