@@ -48,7 +48,8 @@ def committed_precision() -> str:
 def reproduction_precision() -> str:
     import torch
 
-    from gptcore.runtime import cpu_model, fast_bf16
+    from gptcore.machine import cpu_model
+    from gptcore.runtime import fast_bf16
 
     precision = committed_precision()
     if precision == "bf16" and not fast_bf16(torch.device("cpu")):

@@ -51,7 +51,7 @@ def main() -> None:
     from llms_from_scratch.ch04 import GPTModel
     from llms_from_scratch.ch05 import calc_loss_loader, train_model_simple
 
-    from gptcore.params import load_params, model_config
+    from gptcore.params import load_params
     from gptcore.tokenizer import Tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,42 +63,42 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     params = load_params(args.params)
-    train, config = params["train"], model_config(params["model"])
+    train, config = params.train, params.model_config
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = {"vocab_size": config.vocab_size, "context_length": config.context_length, "emb_dim": config.emb_dim,
            "n_heads": config.n_heads, "n_layers": config.n_layers, "drop_rate": config.drop_rate,
            "qkv_bias": config.qkv_bias}
-    torch.manual_seed(train["seed"])
+    torch.manual_seed(train.seed)
     model = GPTModel(cfg)
     context = config.context_length
 
     def loader(split: str, shuffle: bool, drop_last: bool):
         text = (args.prepared / f"{split}.txt").read_text(encoding="utf-8")
-        book_loader = create_dataloader_v1(text, batch_size=train["batch_size"], max_length=context, stride=context,
+        book_loader = create_dataloader_v1(text, batch_size=train.batch_size, max_length=context, stride=context,
                                            shuffle=shuffle, drop_last=drop_last)
         if not args.gptcore_order:
             return book_loader
-        order = PassOrder(len(book_loader.dataset), train["seed"], train["batch_size"]) if shuffle else None
-        return DataLoader(book_loader.dataset, batch_size=train["batch_size"], sampler=order, drop_last=drop_last,
+        order = PassOrder(len(book_loader.dataset), train.seed, train.batch_size) if shuffle else None
+        return DataLoader(book_loader.dataset, batch_size=train.batch_size, sampler=order, drop_last=drop_last,
                           generator=torch.Generator().manual_seed(0))
 
     tokenizer = Tokenizer().encoding  # also points tiktoken at the offline mirror, for the book's loaders
     train_loader, val_loader = loader("train", True, True), loader("val", False, False)
-    peak_lr = 4e-4 if args.chapter5 else train["peak_lr"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=train["weight_decay"],
-                                  betas=(train["beta1"], train["beta2"]))
+    peak_lr = 4e-4 if args.chapter5 else train.peak_lr
+    optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=train.weight_decay,
+                                  betas=(train.beta1, train.beta2))
     started = time.perf_counter()
     if args.chapter5:
         train_losses, val_losses, _ = train_model_simple(
-            model, train_loader, val_loader, optimizer, "cpu", num_epochs=10, eval_freq=train["eval_freq"],
-            eval_iter=train["eval_iter"], start_context=train["sample_prompt"], tokenizer=tokenizer)
+            model, train_loader, val_loader, optimizer, "cpu", num_epochs=10, eval_freq=train.eval_freq,
+            eval_iter=train.eval_iter, start_context=train.sample_prompt, tokenizer=tokenizer)
     else:
         train_losses, val_losses, _, _ = train_model(
-            model, train_loader, val_loader, optimizer, "cpu", n_epochs=train["epochs"],
-            eval_freq=train["eval_freq"], eval_iter=train["eval_iter"], start_context=train["sample_prompt"],
-            tokenizer=tokenizer, warmup_steps=train["warmup_steps"], initial_lr=train["initial_lr"],
-            min_lr=train["min_lr"])
+            model, train_loader, val_loader, optimizer, "cpu", n_epochs=train.epochs,
+            eval_freq=train.eval_freq, eval_iter=train.eval_iter, start_context=train.sample_prompt,
+            tokenizer=tokenizer, warmup_steps=train.warmup_steps, initial_lr=train.initial_lr,
+            min_lr=train.min_lr)
     seconds = time.perf_counter() - started
     model.eval()
     with torch.no_grad():

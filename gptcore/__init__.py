@@ -1,7 +1,17 @@
-"""gptcore: GPT-2 models trained and sampled reproducibly."""
+"""gptcore: GPT-2 models trained and sampled reproducibly.
 
-from .model import GPT, PRESETS, KVCache, ModelConfig
-from .sampling import generate
-from .tokenizer import Tokenizer
+The names below load on first use, so that `import gptcore.corpus` (the prepare stage) does not import
+torch.
+"""
 
-__all__ = ["GPT", "PRESETS", "KVCache", "ModelConfig", "Tokenizer", "generate"]
+import importlib
+
+_EXPORTS = {"GPT": "model", "KVCache": "model", "ModelConfig": "settings.model", "PRESETS": "settings.model",
+            "Tokenizer": "tokenizer", "generate": "sampling"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'gptcore' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

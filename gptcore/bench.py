@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from .model import GPT, ModelConfig
-from .runtime import autocast, cast_for_inference, fast_bf16, pick_device, set_cpu_threads
+from .settings.model import EOT_ID, VOCAB_SIZE
+from .machine import cpu_model
+from .runtime import Runtime, cast_for_inference, fast_bf16, setup_runtime
 from .sampling import generate
 
 
@@ -82,23 +84,24 @@ def hf_twin(model: GPT):
 
 
 class TrainStep:
-    def __init__(self, model, batch, precision, device, hf: bool):
-        self.model, self.batch, self.precision, self.device, self.hf = model.train(), batch, precision, device, hf
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cpu", "cuda"))
+    def __init__(self, model, batch, runtime: Runtime, hf: bool):
+        self.model, self.batch, self.runtime, self.hf = model.train(), batch, runtime, hf
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4,
+                                           fused=runtime.device.type in ("cpu", "cuda"))
 
     def __call__(self):
         inputs, targets = self.batch
-        with autocast(self.precision, self.device):
+        with self.runtime.autocast():
             loss = self.model(inputs, labels=inputs).loss if self.hf else self.model(inputs, targets)[1]
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def forward_only(model, inputs, precision, device, hf: bool):
+def forward_only(model, inputs, runtime: Runtime):
     def run():
-        with torch.no_grad(), autocast(precision, device):
-            model(inputs) if hf else model(inputs)
+        with torch.no_grad(), runtime.autocast():
+            model(inputs)
     model.eval()
     return run
 
@@ -107,17 +110,18 @@ def greedy(model, prompt, new_tokens, hf: bool):
     def run():
         if hf:
             model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
-                           min_new_tokens=new_tokens, do_sample=False, use_cache=True, pad_token_id=50256)
+                           min_new_tokens=new_tokens, do_sample=False, use_cache=True, pad_token_id=EOT_ID)
         else:
             generate(model, prompt, new_tokens)
     model.eval()
     return run
 
 
-def bench_model(preset: str, context: int, precisions, batch_size: int, rounds: int, device, peaks: dict,
-                rows: list):
+def bench_model(preset: str, context: int, *, precisions, batch_size: int, rounds: int, runtime: Runtime,
+                peaks: dict, rows: list):
     torch.manual_seed(0)
     config = ModelConfig.from_preset(preset, context_length=context, drop_rate=0.0)
+    device = runtime.device
     model = GPT(config).to(device)
     twin = hf_twin(model)
     n_params = model.num_parameters()
@@ -125,10 +129,11 @@ def bench_model(preset: str, context: int, precisions, batch_size: int, rounds: 
     targets = torch.roll(inputs, -1, dims=1)
     tokens = inputs.numel()
     for precision in precisions:
-        train = interleaved({"gptcore": TrainStep(model, (inputs, targets), precision, device, False),
-                             "hf": TrainStep(twin, (inputs, targets), precision, device, True)}, rounds, device)
-        evaluation = interleaved({"gptcore": forward_only(model, inputs, precision, device, False),
-                                  "hf": forward_only(twin, inputs, precision, device, True)}, rounds, device)
+        at_precision = replace(runtime, precision=precision)
+        train = interleaved({"gptcore": TrainStep(model, (inputs, targets), at_precision, False),
+                             "hf": TrainStep(twin, (inputs, targets), at_precision, True)}, rounds, device)
+        evaluation = interleaved({"gptcore": forward_only(model, inputs, at_precision),
+                                  "hf": forward_only(twin, inputs, at_precision)}, rounds, device)
         for name in ("gptcore", "hf"):
             achieved = flops_per_token(config, n_params) * tokens / train[name]
             rows.append({"measure": "train step", "impl": name, "context": context, "batch": batch_size,
@@ -145,7 +150,7 @@ def bench_generation(model, twin, rounds: int, device, rows: list, new_tokens=20
 
     bf16_model = cast_for_inference(copy.deepcopy(model), "bf16")
     for batch in (1, 8):
-        prompt = torch.randint(0, 50257, (batch, 8), device=device)
+        prompt = torch.randint(0, VOCAB_SIZE, (batch, 8), device=device)
         seconds = interleaved({"gptcore": greedy(model, prompt, new_tokens, False),
                                "gptcore-bf16-weights": greedy(bf16_model, prompt, new_tokens, False),
                                "hf": greedy(twin, prompt, new_tokens, True)}, rounds, device)
@@ -180,11 +185,12 @@ def bench_tokenization(corpus: Path, megabytes: int, rows: list):
 
 def bench_tracking(rounds: int, step_seconds: float, rows: list):
     """Cost of the tracking callback per training step (batched MLflow writes), against a step's time."""
+    from .settings.tracking import TrackingConfig
     from .tracking import Tracker, TrackingCallback
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["DVC_ROOT"], previous = tmp, os.environ.get("DVC_ROOT")
-        tracker = Tracker.start({"experiment": "bench", "on_unreachable": "fail"}, "bench", {}, {"x": {"y": 1}})
+        tracker = Tracker.start(TrackingConfig(experiment="bench"), "bench", {}, {"x": {"y": 1}})
         callback = TrackingCallback(tracker, log_every=10)
         record = {"step": 0, "epoch": 0, "tokens_seen": 0, "train_loss": 1.0, "lr": 1e-4, "grad_norm": 1.0,
                   "tokens_per_second": 100.0}
@@ -209,30 +215,23 @@ def peak_memory_mb(device) -> float:
 
 
 def machine(device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"{cpu}, {torch.get_num_threads()} threads"
+    name = torch.cuda.get_device_name() if device.type == "cuda" else \
+        f"{cpu_model()}, {torch.get_num_threads()} threads"
     return f"{name}; torch {torch.__version__}; CPU capability {torch.backends.cpu.get_cpu_capability()}"
 
 
-def run_benchmark(contexts=(256, 1024), rounds: int = 3, device_name: str = "auto", tokenize_mb: int = 20,
+def run_benchmark(contexts=(256, 1024), *, rounds: int = 3, device_name: str = "auto", tokenize_mb: int = 20,
                   corpus: Path | None = None, precisions=None, preset: str = "gpt2-small") -> dict:
-    device = pick_device(device_name)
-    if device.type == "cpu":
-        set_cpu_threads()
+    runtime = setup_runtime(device_name, "fp32")
+    device = runtime.device
     if precisions is None:  # bf16 only where it runs in hardware: emulated bf16 is ~40x slower here
         precisions = ("fp32", "bf16") if fast_bf16(device) else ("fp32",)
     peaks = {p: matmul_peak(torch.float32 if p == "fp32" else torch.bfloat16, device) for p in ("fp32", "bf16")}
     rows: list[dict] = []
     for context in contexts:
         batch = max(1, 512 // context) if device.type == "cpu" else max(1, 16384 // context)
-        model, twin = bench_model(preset, context, precisions, batch, rounds, device, peaks, rows)
+        model, twin = bench_model(preset, context, precisions=precisions, batch_size=batch, rounds=rounds,
+                                  runtime=runtime, peaks=peaks, rows=rows)
         if context == contexts[0]:
             bench_generation(model, twin, rounds, device, rows)
         del model, twin

@@ -19,13 +19,14 @@ from safetensors.torch import load_model as load_safetensors_into, save_model as
 
 from .atomic import atomic_path, atomic_write_text, fsync_directory
 from .corpus import sha256_file
+from .errors import ConfigError, GptcoreError, MissingInputError
 from .model import GPT, ModelConfig
 
 WEIGHTS, MODEL_CONFIG, STATE, MANIFEST, LATEST = (
     "model.safetensors", "model_config.json", "trainer_state.pt", "manifest.json", "latest")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(GptcoreError):
     """A checkpoint that exists but cannot be trusted (truncated, corrupted, mismatched)."""
 
 
@@ -38,7 +39,7 @@ def save_model(model: GPT, folder) -> Path:
     return folder
 
 
-def load_model(source, drop_rate: float | None = None, n_heads: int | None = None) -> GPT:
+def load_model(source, *, drop_rate: float | None = None, n_heads: int | None = None) -> GPT:
     """A model saved by save_model (folder), a Hugging Face GPT-2 folder (config.json + model.safetensors)
     or a file saved by the book's code (model.pth, see gptcore.lfs). drop_rate replaces the saved one;
     n_heads is the head count of a book file, whose tensors do not hold it."""
@@ -46,13 +47,13 @@ def load_model(source, drop_rate: float | None = None, n_heads: int | None = Non
     if source.is_file():
         from .lfs import load_lfs
 
-        return load_lfs(source, n_heads, ModelConfig.drop_rate if drop_rate is None else drop_rate)
+        return load_lfs(source, n_heads=n_heads, drop_rate=ModelConfig.drop_rate if drop_rate is None else drop_rate)
     if not (source / MODEL_CONFIG).is_file():
         if (source / "config.json").is_file():
             from .hf import load_hf_folder
 
             return load_hf_folder(source, drop_rate)
-        raise FileNotFoundError(f"{source} holds no gptcore model ({MODEL_CONFIG} + {WEIGHTS}), no Hugging Face "
+        raise MissingInputError(f"{source} holds no gptcore model ({MODEL_CONFIG} + {WEIGHTS}), no Hugging Face "
                                 "GPT-2 folder (config.json + model.safetensors) and is no book file (model.pth)")
     saved = json.loads((source / MODEL_CONFIG).read_text())
     model = GPT(ModelConfig(**{**saved, **({} if drop_rate is None else {"drop_rate": drop_rate})}))
@@ -182,7 +183,7 @@ def initialize_model(config: ModelConfig, init_from: str = "scratch") -> GPT:
     elif Path(init_from).exists():
         model = load_model(init_from, drop_rate=config.drop_rate, n_heads=config.n_heads)
     else:
-        raise FileNotFoundError(f"model.init_from {init_from!r} is neither 'scratch', an official GPT-2 name "
+        raise MissingInputError(f"model.init_from {init_from!r} is neither 'scratch', an official GPT-2 name "
                                 f"({', '.join(OFFICIAL_MODELS)}), an existing model folder nor a book file "
                                 "(model.pth)")
     if config.context_length < model.config.context_length:
@@ -190,6 +191,6 @@ def initialize_model(config: ModelConfig, init_from: str = "scratch") -> GPT:
     loaded = model.config.to_dict()
     for field in ARCHITECTURE_FIELDS:
         if loaded[field] != getattr(config, field):
-            raise ValueError(f"model.{field} is {getattr(config, field)!r} in params but {loaded[field]!r} in "
+            raise ConfigError(f"model.{field} is {getattr(config, field)!r} in params but {loaded[field]!r} in "
                              f"the weights of {init_from}; set model.{field}: {loaded[field]!r}")
     return model

@@ -7,7 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from .stage import USER_ERRORS
+from .errors import GptcoreError
+from .settings import default, doc, rule
+from .settings.generate import GenerateConfig
+
+# the generate section's settings that are also options of `gptcore generate` (its prompt is an argument)
+SAMPLER_OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "device", "weights")
 
 
 def load_any(args):
@@ -23,12 +28,13 @@ def load_any(args):
 def cmd_generate(args) -> None:
     import torch
 
-    from .runtime import cast_for_inference
-    from .sampling import check_prompt, generate, validate_sampler
+    from .runtime import cast_for_inference, setup_runtime
+    from .sampling import check_prompt, generate
     from .tokenizer import Tokenizer
 
-    validate_sampler(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
-    model = cast_for_inference(load_any(args), args.weights).eval()
+    settings = GenerateConfig(stop_at_eos=not args.no_eos, **{name: getattr(args, name) for name in SAMPLER_OPTIONS})
+    runtime = setup_runtime(settings.device, "fp32")
+    model = cast_for_inference(load_any(args), settings.weights).to(runtime.device).eval()
     tokenizer = Tokenizer()
     prompt_ids = tokenizer.encode(args.prompt)
     check_prompt(len(prompt_ids), model.config.context_length)
@@ -42,8 +48,9 @@ def cmd_generate(args) -> None:
             print(text, end="", flush=True)
             pending.clear()
 
-    generate(model, torch.tensor([prompt_ids]), args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-             None if args.no_eos else tokenizer.eot_id, seed=args.seed, on_token=stream)
+    generate(model, torch.tensor([prompt_ids], device=runtime.device), settings.max_new_tokens,
+             temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+             eos_id=tokenizer.eot_id if settings.stop_at_eos else None, seed=settings.seed, on_token=stream)
     print(tokenizer.decode(pending))
 
 
@@ -51,9 +58,9 @@ def cmd_bench(args) -> None:
     from .atomic import atomic_write_text
     from .bench import format_table, run_benchmark
 
-    result = run_benchmark(tuple(args.context), args.rounds, args.device, args.tokenize_mb,
-                           Path(args.corpus) if args.corpus else None,
-                           tuple(args.precision) if args.precision else None)
+    result = run_benchmark(tuple(args.context), rounds=args.rounds, device_name=args.device,
+                           tokenize_mb=args.tokenize_mb, corpus=Path(args.corpus) if args.corpus else None,
+                           precisions=tuple(args.precision) if args.precision else None)
     print(format_table(result))
     atomic_write_text(args.json, json.dumps(result, indent=2))
     print(f"\nwrote {args.json}")
@@ -91,6 +98,18 @@ def add_n_heads(command: argparse.ArgumentParser) -> None:
                               "default: GPT-2's 64-wide heads (width / 64)")
 
 
+def add_sampler_options(command: argparse.ArgumentParser) -> None:
+    """The SAMPLER_OPTIONS as --options, with the defaults and docs of params.yaml's generate section."""
+    for name in SAMPLER_OPTIONS:
+        definition = GenerateConfig.__dataclass_fields__[name]
+        expected = rule(definition)
+        parse = {"int": int, "float": float}.get(expected.kind, str)
+        command.add_argument(f"--{name.replace('_', '-')}", default=default(definition),
+                             type=(lambda text, parse=parse: None if text in ("null", "none") else parse(text))
+                             if expected.nullable else parse, choices=expected.choices or None,
+                             help=f"{doc(definition)} (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gptcore", description="GPT-2 models: generate, benchmark, convert.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -99,14 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt")
     gen.add_argument("--model", default="models", help=MODEL_HELP)
     add_n_heads(gen)
-    gen.add_argument("--max-new-tokens", type=int, default=50)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    gen.add_argument("--top-k", type=int, default=None)
-    gen.add_argument("--top-p", type=float, default=None)
-    gen.add_argument("--seed", type=int, default=None)
+    add_sampler_options(gen)
     gen.add_argument("--no-eos", action="store_true", help="do not stop at <|endoftext|>")
-    gen.add_argument("--weights", choices=("fp32", "bf16"), default="fp32",
-                     help="bf16 halves the memory read per token: faster decoding on CPUs")
     gen.set_defaults(func=cmd_generate)
 
     bench = commands.add_parser("bench", help="benchmark gptcore against Hugging Face GPT-2 on this machine")
@@ -143,7 +156,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (*USER_ERRORS, RuntimeError) as error:
+    except GptcoreError as error:
         print(f"gptcore {args.command}: error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -16,22 +16,22 @@ import urllib.request
 from pathlib import Path
 
 from .atomic import atomic_path, atomic_write_text
+from .errors import GptcoreError
+from .settings.data import DataConfig
 from .tokenizer import EOT_TOKEN
 
-VERDICT_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/01_main-chapter-code/"
-               "the-verdict.txt")
-VERDICT_SHA256 = "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f"
-CHUNK_CHARS = 1 << 20
+CHUNK_CHARS = 1 << 20  # text read at a time
+BLOCK_BYTES = 1 << 20  # bytes read at a time (checksums, downloads)
 
 
-class CorpusError(ValueError):
+class CorpusError(GptcoreError, ValueError):
     """A corpus that cannot be used; the message names the source and what to do."""
 
 
 def sha256_file(path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
+        for block in iter(lambda: handle.read(BLOCK_BYTES), b""):
             digest.update(block)
     return digest.hexdigest()
 
@@ -63,7 +63,7 @@ def fetch_url(url: str, sha256: str | None, cache_dir: Path | None = None) -> Pa
     try:
         with atomic_path(cached) as tmp:
             with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
-                for block in iter(lambda: response.read(1 << 20), b""):
+                for block in iter(lambda: response.read(BLOCK_BYTES), b""):
                     out.write(block)
             verify_checksum(tmp, sha256, url)
     except OSError as error:
@@ -137,6 +137,11 @@ def iter_documents_joined(paths: list[Path]):
         if index:
             yield EOT_TOKEN
         yield from iter_text(path)
+
+
+def prepare_data(data: DataConfig, out_dir) -> dict:
+    """The prepare stage: fetch or find the corpus, verify it, split it into out_dir (prepare_corpus)."""
+    return prepare_corpus(resolve_sources(data.source, data.sha256), out_dir, data.train_ratio)
 
 
 def prepare_corpus(paths: list[Path], out_dir, train_ratio: float = 0.9) -> dict:

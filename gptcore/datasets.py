@@ -1,6 +1,6 @@
 """Training examples over memory-mapped token files: sliding windows or random windows.
 
-Sliding windows (the seed's GPTDataset) give exact epochs and suit small corpora; random windows
+Sliding windows (the book's GPTDataset) give exact epochs and suit small corpora; random windows
 (nanoGPT's get_batch) sample anywhere in a corpus of any size and suit large ones.
 """
 
@@ -10,8 +10,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .errors import GptcoreError
 
-class SplitTooShortError(ValueError):
+
+class SplitTooShortError(GptcoreError, ValueError):
     pass
 
 
@@ -32,7 +34,7 @@ class GPTDataset(Dataset):
             raise ValueError(f"stride must be >= 1, got {stride}")
         check_split_length(split, len(tokens), max_length)
         self.tokens, self.max_length, self.stride = tokens, max_length, stride
-        # the seed's range(0, len(tokens) - max_length, stride)
+        # the book's range(0, len(tokens) - max_length, stride)
         self.n_windows = (len(tokens) - max_length - 1) // stride + 1
 
     def __len__(self):
@@ -88,7 +90,7 @@ class EpochSampler(Sampler):
         return max(0, self.length // (self.batch_size * self.world_size) - self.skip_batches) * self.batch_size
 
 
-def make_dataloader(dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool, seed: int,
+def make_dataloader(dataset: Dataset, *, batch_size: int, shuffle: bool, drop_last: bool, seed: int,
                     split: str = "train", rank: int = 0, world_size: int = 1) -> DataLoader:
     """A DataLoader with a seeded, resumable order, rank r's shard of it (see EpochSampler)."""
     global_batch = batch_size * world_size
@@ -111,7 +113,7 @@ class RandomWindows:
     With several processes each step draws batch_size * world_size offsets and rank r takes slice r.
     """
 
-    def __init__(self, tokens: np.ndarray, context_length: int, batch_size: int, seed: int, split="train",
+    def __init__(self, tokens: np.ndarray, context_length: int, *, batch_size: int, seed: int, split="train",
                  rank: int = 0, world_size: int = 1):
         check_split_length(split, len(tokens), context_length)
         self.tokens, self.context_length, self.batch_size = tokens, context_length, batch_size

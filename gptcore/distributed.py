@@ -7,6 +7,7 @@ to MLflow and writes checkpoints and outputs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,11 +17,13 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .runtime import physical_cores
+from .errors import ConfigError
+from .machine import physical_cores
 
 
 @dataclass(frozen=True)
-class Distributed:
+class Ranks:
+    """This process's place among the training processes."""
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
@@ -35,11 +38,11 @@ class Distributed:
         return self.rank == 0
 
 
-def current() -> Distributed:
+def current() -> Ranks:
     """This process's place in the process group (a single process when none is initialised)."""
     if not (dist.is_available() and dist.is_initialized()):
-        return Distributed()
-    return Distributed(dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size(),
+        return Ranks()
+    return Ranks(dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size(),
                        int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())))
 
 
@@ -47,7 +50,7 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", 1)) > 1
 
 
-def init_distributed(device: str = "auto") -> Distributed:
+def init_distributed(device: str = "auto") -> Ranks:
     """Join the process group torchrun set up (a no-op in a single process)."""
     if not launched_by_torchrun() or dist.is_initialized():
         return current()
@@ -61,6 +64,16 @@ def init_distributed(device: str = "auto") -> Distributed:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(device: str = "auto"):
+    """Join torchrun's process group for the block (nothing to join in a single process), then leave it."""
+    init_distributed(device)
+    try:
+        yield current()
+    finally:
+        shutdown()
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
@@ -91,16 +104,18 @@ def check_process_count(nproc: int, device: str = "auto") -> None:
     on_gpus = torch.cuda.is_available() and device in ("auto", "cuda")
     available, unit = (torch.cuda.device_count(), "GPUs") if on_gpus else (physical_cores(), "CPU cores")
     if nproc > available:
-        raise ValueError(f"params.yaml: train.nproc = {nproc} is more than the {available} {unit} of this "
+        raise ConfigError(f"params.yaml: train.nproc = {nproc} is more than the {available} {unit} of this "
                          f"machine; set train.nproc to at most {available}")
 
 
-def run_with_torchrun(nproc: int, script: str, args: list[str]) -> int:
-    """Run script with nproc processes on this machine; the exit status of torchrun.
+def run_with_torchrun(nproc: int, device: str, script: str, args: list[str]) -> int:
+    """Run script with nproc processes on this machine (refused beyond its cores or GPUs); the exit
+    status of torchrun.
 
     SIGTERM is passed on and Ctrl-C (which the terminal sends to the workers too) waits for them, so
     the workers save their checkpoint before this process returns.
     """
+    check_process_count(nproc, device)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                script, *args]
     # torchrun would set 1 thread per worker (and say so); share the cores out as the Trainer does

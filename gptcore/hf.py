@@ -14,22 +14,28 @@ import torch
 from safetensors.torch import load_file
 
 from .atomic import atomic_path, atomic_write_text
+from .errors import ConfigError, DownloadError, GptcoreError, MissingInputError
 from .model import GPT, ModelConfig, sinusoidal_table
+from .settings.model import EOT_ID
 
 OFFICIAL_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 
 
+class HfFormatError(GptcoreError, ValueError):
+    """A Hugging Face folder or state dict that is not a GPT-2 gptcore can hold."""
+
+
 def config_from_hf(hf_config: dict) -> ModelConfig:
     """gptcore config from an HF GPT2Config dict (config.json)."""
     activation = hf_config.get("activation_function", "gelu_new")
     if activation not in TANH_GELUS:
-        raise ValueError(f"HF config: activation_function {activation!r} is not supported; gptcore uses the "
+        raise HfFormatError(f"HF config: activation_function {activation!r} is not supported; gptcore uses the "
                          f"tanh GELU ({' or '.join(TANH_GELUS)})")
     n_embd = hf_config["n_embd"]
     if hf_config.get("n_inner") not in (None, 4 * n_embd):
-        raise ValueError(f"HF config: n_inner {hf_config['n_inner']} is not 4 * n_embd ({4 * n_embd})")
+        raise HfFormatError(f"HF config: n_inner {hf_config['n_inner']} is not 4 * n_embd ({4 * n_embd})")
     return ModelConfig(
         vocab_size=hf_config["vocab_size"], context_length=hf_config["n_positions"], emb_dim=n_embd,
         n_heads=hf_config["n_head"], n_layers=hf_config["n_layer"],
@@ -45,7 +51,7 @@ def hf_config_from(config: ModelConfig) -> dict:
         "n_embd": config.emb_dim, "n_head": config.n_heads, "n_layer": config.n_layers, "n_inner": None,
         "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "initializer_range": 0.02,
         "resid_pdrop": config.drop_rate, "embd_pdrop": config.drop_rate, "attn_pdrop": config.drop_rate,
-        "tie_word_embeddings": config.tie_embeddings, "bos_token_id": 50256, "eos_token_id": 50256,
+        "tie_word_embeddings": config.tie_embeddings, "bos_token_id": EOT_ID, "eos_token_id": EOT_ID,
         "torch_dtype": "float32",
     }
 
@@ -61,16 +67,16 @@ def load_hf_state_dict(model: GPT, hf_state: dict) -> GPT:
         if name.endswith(CONV1D_SUFFIXES):
             tensor = tensor.t()
         if name not in own:
-            raise ValueError(f"HF weights: unexpected tensor {key!r} for this gptcore config")
+            raise HfFormatError(f"HF weights: unexpected tensor {key!r} for this gptcore config")
         if tuple(tensor.shape) != tuple(own[name].shape):
-            raise ValueError(f"HF weights: {key!r} has shape {tuple(tensor.shape)}, the gptcore config "
+            raise HfFormatError(f"HF weights: {key!r} has shape {tuple(tensor.shape)}, the gptcore config "
                              f"expects {tuple(own[name].shape)}")
         converted[name] = tensor
     if model.config.tie_embeddings:
         converted.pop("lm_head.weight", None)
     missing = [k for k in own if k not in converted and not (k == "lm_head.weight" and model.config.tie_embeddings)]
     if missing:
-        raise ValueError(f"HF weights: missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        raise HfFormatError(f"HF weights: missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     with torch.no_grad():
         for name, tensor in converted.items():
             own[name].copy_(tensor)
@@ -112,11 +118,11 @@ def load_hf_folder(folder, drop_rate: float | None = None) -> GPT:
     config_path, weights_path = folder / "config.json", folder / "model.safetensors"
     for path in (config_path, weights_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: an HF GPT-2 folder holds config.json and "
+            raise MissingInputError(f"{path} not found: an HF GPT-2 folder holds config.json and "
                                     "model.safetensors (pytorch_model.bin is refused: it is a pickle)")
     hf_config = json.loads(config_path.read_text())
     if hf_config.get("model_type") != "gpt2":
-        raise ValueError(f"{config_path}: model_type is {hf_config.get('model_type')!r}, expected 'gpt2'")
+        raise HfFormatError(f"{config_path}: model_type is {hf_config.get('model_type')!r}, expected 'gpt2'")
     config = config_from_hf(hf_config)
     if drop_rate is not None:
         config = replace(config, drop_rate=drop_rate)
@@ -126,14 +132,14 @@ def load_hf_folder(folder, drop_rate: float | None = None) -> GPT:
 def load_official(name: str, drop_rate: float | None = None) -> GPT:
     """OpenAI's GPT-2 weights by name, downloaded (and cached) through huggingface_hub."""
     if name not in OFFICIAL_MODELS:
-        raise ValueError(f"unknown official GPT-2 model {name!r}; choose one of {OFFICIAL_MODELS}")
+        raise ConfigError(f"unknown official GPT-2 model {name!r}; choose one of {OFFICIAL_MODELS}")
     from huggingface_hub import hf_hub_download
 
     try:
         paths = [hf_hub_download(f"openai-community/{name}", filename)
                  for filename in ("config.json", "model.safetensors")]
     except Exception as error:  # offline, DNS, proxy or Hub errors all end here
-        raise RuntimeError(
+        raise DownloadError(
             f"cannot download {name!r} from the Hugging Face Hub ({type(error).__name__}: {error}). Connect "
             f"to the network, or on a machine that has it save the model (config.json + model.safetensors, "
             f"e.g. GPT2LMHeadModel.from_pretrained({name!r}).save_pretrained(folder)) and load that folder"

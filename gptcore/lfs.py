@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_path
+from .errors import GptcoreError
 from .model import GPT, ModelConfig, sinusoidal_table
 
 HEAD_WIDTH = 64  # every GPT-2 size has 64-wide heads: the head count is not in the tensors' shapes
@@ -32,7 +33,7 @@ TOP_NAMES = {"tok_emb.weight": "transformer.wte.weight", "pos_emb.weight": "tran
 BLOCK_KEY = re.compile(r"trf_blocks\.(\d+)\.(.+)")
 
 
-class LfsFormatError(ValueError):
+class LfsFormatError(GptcoreError, ValueError):
     """A file that is not a state dict of the book's GPTModel."""
 
 
@@ -51,7 +52,7 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     return loaded
 
 
-def infer_config(state: dict[str, torch.Tensor], path, n_heads: int | None = None,
+def infer_config(state: dict[str, torch.Tensor], path, *, n_heads: int | None = None,
                  drop_rate: float = 0.0) -> ModelConfig:
     """Layers, width, context, vocabulary, qkv bias and tying from the tensors; the head count (not in
     any shape) from n_heads, else GPT-2's 64-wide heads."""
@@ -100,10 +101,10 @@ def to_gptcore_names(state: dict[str, torch.Tensor], path) -> dict[str, torch.Te
     return converted
 
 
-def load_lfs(path, n_heads: int | None = None, drop_rate: float = 0.0) -> GPT:
+def load_lfs(path, *, n_heads: int | None = None, drop_rate: float = 0.0) -> GPT:
     """A gptcore model from a file saved by the book's code (config inferred from the tensors)."""
     state = read_state_dict(path)
-    config = infer_config(state, path, n_heads, drop_rate)
+    config = infer_config(state, path, n_heads=n_heads, drop_rate=drop_rate)
     model = GPT(config)
     converted = to_gptcore_names(state, path)
     if config.tie_embeddings:

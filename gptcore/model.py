@@ -1,4 +1,4 @@
-"""The GPT-2 model in one module: config with presets, transformer, KV cache.
+"""The GPT-2 model in one module: transformer and KV cache (its config and presets: gptcore.settings.model).
 
 Parameter names follow Hugging Face's GPT2LMHeadModel (transformer.wte, transformer.h.0.attn.c_attn, ...)
 so weights map across by name; HF stores Conv1D weights transposed, which gptcore.hf handles.
@@ -7,72 +7,13 @@ so weights map across by name; HF stores Conv1D weights transposed, which gptcor
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-POS_EMBEDDINGS = ("learned", "sinusoidal")
-# torch_default: PyTorch's own initialisation in the book's construction order (its GPTModel after
-# torch.manual_seed gives the same weights); gpt2: N(0, 0.02) with scaled residual projections (GPT-2, nanoGPT)
-INITS = ("torch_default", "gpt2")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    vocab_size: int = 50257
-    context_length: int = 1024
-    emb_dim: int = 768
-    n_heads: int = 12
-    n_layers: int = 12
-    drop_rate: float = 0.1
-    qkv_bias: bool = False
-    tie_embeddings: bool = True
-    pos_embedding: str = "learned"  # "learned" (GPT-2) or "sinusoidal" (the seed's text)
-    init: str = "gpt2"  # how fresh weights are drawn, one of INITS
-
-    def __post_init__(self):
-        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"model config: {name} must be a positive integer, got {value!r}")
-        if self.emb_dim % self.n_heads:
-            raise ValueError(
-                f"model config: emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads})")
-        if isinstance(self.drop_rate, bool) or not isinstance(self.drop_rate, (int, float)) \
-                or not 0.0 <= self.drop_rate < 1.0:
-            raise ValueError(f"model config: drop_rate must be in [0, 1), got {self.drop_rate!r}")
-        for name in ("qkv_bias", "tie_embeddings"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"model config: {name} must be true or false, got {getattr(self, name)!r}")
-        if self.pos_embedding not in POS_EMBEDDINGS:
-            raise ValueError(
-                f"model config: pos_embedding must be one of {POS_EMBEDDINGS}, got {self.pos_embedding!r}")
-        if self.init not in INITS:
-            raise ValueError(f"model config: init must be one of {INITS}, got {self.init!r}")
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> "ModelConfig":
-        if name not in PRESETS:
-            raise ValueError(f"model config: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"model config: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        return replace(PRESETS[name], **overrides)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-PRESETS = {
-    "gpt2-small": ModelConfig(n_layers=12, n_heads=12, emb_dim=768),  # 124M
-    "gpt2-medium": ModelConfig(n_layers=24, n_heads=16, emb_dim=1024),  # 355M
-    "gpt2-large": ModelConfig(n_layers=36, n_heads=20, emb_dim=1280),  # 774M
-    "gpt2-xl": ModelConfig(n_layers=48, n_heads=25, emb_dim=1600),  # 1558M
-    "tiny": ModelConfig(n_layers=2, n_heads=2, emb_dim=64, context_length=64),  # for tests
-}
+from .settings.model import ModelConfig
 
 
 class KVCache:

@@ -1,200 +1,187 @@
-"""params.yaml: schema, defaults and validation, with one-line errors that name the key path.
+"""params.yaml: read as DVC reads it (YAML 1.2), validated by the settings dataclasses, and rendered back.
 
 Every section is checked before any stage does work, so a typo in `generate` fails `prepare` at once
-instead of after an hour of training.
+instead of after an hour of training. The schema, the defaults and the comments of params.yaml all come
+from the fields in gptcore/settings/; `python -m gptcore.params [params.yaml]` rewrites the file from
+them, keeping its values (after a setting is added, renamed or re-documented).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+import io
+import json
+import sys
+import textwrap
+from dataclasses import Field, dataclass, fields
 from pathlib import Path
 
-import yaml
+from .atomic import atomic_write_text
+from .errors import ConfigError
+from .settings import default, doc
+from .settings.data import DataConfig
+from .settings.evaluate import EvaluateConfig
+from .settings.generate import GenerateConfig
+from .settings.model import ModelConfig, ModelSource
+from .settings.train import TrainConfig
+from .settings.tracking import TrackingConfig
 
-from .model import INITS, POS_EMBEDDINGS, PRESETS
-from .runtime import INFERENCE_WEIGHTS, PRECISIONS
-from .trainer import DECAY_TARGETS, SAMPLINGS, TrainConfig
+# section -> its dataclasses; the model section is ModelSource's fields, then ModelConfig's as overrides
+# of the preset (null: the preset's value)
+SECTIONS = {"data": (DataConfig,), "model": (ModelSource, ModelConfig), "train": (TrainConfig,),
+            "evaluate": (EvaluateConfig,), "generate": (GenerateConfig,), "tracking": (TrackingConfig,)}
+RENAMED = {"train.sampling": "train.windows"}
+HEADER = """\
+# gptcore pipeline parameters. Every key is defined, documented and validated in gptcore/settings/;
+# `python -m gptcore.params` rewrites this file's layout and comments from there, keeping the values.
+# Change one for an experiment:  dvc exp run -S train.peak_lr=1e-3
+"""
+LINE_WIDTH = 118
+COMMENT_COLUMN = 30
 
 
-class ParamsError(ValueError):
+class ParamsError(ConfigError):
     pass
 
 
+def section_fields(section: str) -> dict[str, Field]:
+    return {definition.name: definition for cls in SECTIONS[section] for definition in fields(cls)}
+
+
+def is_override(section: str, definition: Field) -> bool:
+    return section == "model" and definition.name in ModelConfig.__dataclass_fields__
+
+
+def section_defaults(section: str) -> dict:
+    return {name: None if is_override(section, definition) else default(definition)
+            for name, definition in section_fields(section).items()}
+
+
 @dataclass(frozen=True)
-class Rule:
-    kind: str  # "int", "float", "bool", "str", "choice", "str_list", "sha256"
-    low: float | None = None  # inclusive bounds for numbers
-    high: float | None = None
-    high_open: bool = False
-    low_open: bool = False
-    choices: tuple = ()
-    nullable: bool = False
-
-    def describe(self) -> str:
-        if self.kind == "choice":
-            text = "one of " + ", ".join(repr(c) for c in self.choices)
-        elif self.kind in ("int", "float"):
-            noun = "an integer" if self.kind == "int" else "a number"
-            bounds = []
-            if self.low is not None:
-                bounds.append(f"{'>' if self.low_open else '>='} {self.low:g}")
-            if self.high is not None:
-                bounds.append(f"{'<' if self.high_open else '<='} {self.high:g}")
-            text = f"{noun} {' and '.join(bounds)}".strip()
-        elif self.kind == "str_list":
-            text = "a non-empty list of non-empty strings"
-        elif self.kind == "sha256":
-            text = "a 64-character hex sha256"
-        else:
-            text = {"bool": "true or false", "str": "a non-empty string"}[self.kind]
-        return text + (" or null" if self.nullable else "")
-
-    def accepts(self, value) -> bool:
-        if value is None:
-            return self.nullable
-        if self.kind == "bool":
-            return isinstance(value, bool)
-        if self.kind == "str":
-            return isinstance(value, str) and bool(value.strip())
-        if self.kind == "choice":
-            return isinstance(value, str) and value in self.choices
-        if self.kind == "str_list":
-            return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v.strip() for v in value)
-        if self.kind == "sha256":
-            return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
-        if self.kind == "int" and not isinstance(value, int):
-            return False
-        if not math.isfinite(value):
-            return False
-        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
-            return False
-        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
-            return False
-        return True
+class Params:
+    """A validated params file: the typed sections, and `values`, every key with defaults filled in
+    (what MLflow logs and the run key hashes)."""
+    values: dict
+    data: DataConfig
+    model: ModelSource
+    model_config: ModelConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    generate: GenerateConfig
+    tracking: TrackingConfig
 
 
-POSITIVE_INT = Rule("int", low=1)
-LR = Rule("float", low=0.0, high=1.0)
-
-SCHEMA: dict[str, dict[str, Rule]] = {
-    "data": {
-        "source": Rule("str"), "sha256": Rule("sha256", nullable=True),
-        "train_ratio": Rule("float", low=0.0, high=1.0, low_open=True, high_open=True),
-    },
-    "model": {
-        "preset": Rule("choice", choices=tuple(PRESETS)),
-        "init_from": Rule("str"),
-        "context_length": Rule("int", low=1, nullable=True), "emb_dim": Rule("int", low=1, nullable=True),
-        "n_heads": Rule("int", low=1, nullable=True), "n_layers": Rule("int", low=1, nullable=True),
-        "vocab_size": Rule("int", low=1, nullable=True),
-        "drop_rate": Rule("float", low=0.0, high=1.0, high_open=True, nullable=True),
-        "qkv_bias": Rule("bool", nullable=True), "tie_embeddings": Rule("bool", nullable=True),
-        "pos_embedding": Rule("choice", choices=POS_EMBEDDINGS, nullable=True),
-        "init": Rule("choice", choices=INITS, nullable=True),
-    },
-    "train": {
-        "epochs": Rule("int", low=1, nullable=True), "max_steps": Rule("int", low=1, nullable=True),
-        "batch_size": POSITIVE_INT, "grad_accum_steps": POSITIVE_INT,
-        "sampling": Rule("choice", choices=SAMPLINGS), "stride": Rule("int", low=1, nullable=True),
-        "shuffle": Rule("bool"), "drop_last": Rule("bool"),
-        "peak_lr": Rule("float", low=0.0, high=1.0, low_open=True), "initial_lr": LR, "min_lr": LR,
-        "warmup_steps": Rule("int", low=0), "cosine_decay": Rule("bool"),
-        "weight_decay": Rule("float", low=0.0, high=1.0), "weight_decay_on": Rule("choice", choices=DECAY_TARGETS),
-        "beta1": Rule("float", low=0.0, high=1.0, high_open=True),
-        "beta2": Rule("float", low=0.0, high=1.0, high_open=True),
-        "max_grad_norm": Rule("float", low=0.0), "clip_after_warmup": Rule("bool"),
-        "eval_freq": POSITIVE_INT, "eval_iter": POSITIVE_INT,
-        "sample_prompt": Rule("str", nullable=True), "sample_tokens": Rule("int", low=0),
-        "precision": Rule("choice", choices=PRECISIONS), "compile": Rule("bool"), "device": Rule("str"),
-        "seed": Rule("int", low=0), "checkpoint_every": Rule("int", low=0), "threads": Rule("int", low=1, nullable=True),
-        "nproc": POSITIVE_INT,
-    },
-    "evaluate": {
-        "batch_size": POSITIVE_INT, "max_batches": Rule("int", low=1, nullable=True),
-        "precision": Rule("choice", choices=PRECISIONS), "device": Rule("str"),
-    },
-    "generate": {
-        "prompts": Rule("str_list"), "max_new_tokens": Rule("int", low=1),
-        "temperature": Rule("float", low=0.0), "top_k": Rule("int", low=1, nullable=True),
-        "top_p": Rule("float", low=0.0, high=1.0, low_open=True, nullable=True),
-        "seed": Rule("int", low=0), "stop_at_eos": Rule("bool"), "device": Rule("str"),
-        "weights": Rule("choice", choices=INFERENCE_WEIGHTS),
-    },
-    "tracking": {
-        "enabled": Rule("bool"), "experiment": Rule("str"), "log_every": POSITIVE_INT,
-        "on_unreachable": Rule("choice", choices=("fail", "local")),
-    },
-}
-
-REQUIRED = {
-    "data": ("source",), "model": ("preset",), "train": (), "evaluate": (), "generate": ("prompts",),
-    "tracking": (),
-}
-
-DEFAULTS = {
-    "data": {"sha256": None, "train_ratio": 0.9},
-    "model": {"init_from": "scratch"},
-    "train": {**asdict(TrainConfig()), "nproc": 1},
-    "evaluate": {"batch_size": 2, "max_batches": None, "precision": "auto", "device": "auto"},
-    "generate": {"max_new_tokens": 50, "temperature": 0.0, "top_k": None, "top_p": None, "seed": 123,
-                 "stop_at_eos": True, "device": "auto", "weights": "fp32"},
-    "tracking": {"enabled": True, "experiment": "gptcore", "log_every": 10, "on_unreachable": "fail"},
-}
-
-
-def validate(params, source: str = "params.yaml") -> dict:
-    """Check every section; return params with defaults filled in. Raises ParamsError (one line)."""
-    if not isinstance(params, dict):
-        raise ParamsError(f"{source}: the top level must be a mapping of sections {sorted(SCHEMA)}")
-    for section in params:
-        if section not in SCHEMA:
-            raise ParamsError(f"{source}: unknown section {section!r}; sections are {', '.join(SCHEMA)}")
-    result = {}
-    for section, rules in SCHEMA.items():
-        values = params.get(section) or {}
-        if not isinstance(values, dict):
-            raise ParamsError(f"{source}: {section} must be a mapping of keys, got {values!r}")
-        for key, value in values.items():
-            if key not in rules:
+def validate(raw, source: str = "params.yaml") -> Params:
+    """Check every section; raises ParamsError (one line naming the file and the key path)."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: the top level must be a mapping of sections {', '.join(SECTIONS)}")
+    for section in raw:
+        if section not in SECTIONS:
+            raise ParamsError(f"{source}: unknown section {section!r}; sections are {', '.join(SECTIONS)}")
+    values = {}
+    for section in SECTIONS:
+        given = raw.get(section) or {}
+        if not isinstance(given, dict):
+            raise ParamsError(f"{source}: {section} must be a mapping of keys, got {given!r}")
+        known = section_fields(section)
+        for key in given:
+            if f"{section}.{key}" in RENAMED:
+                raise ParamsError(f"{source}: {section}.{key} was renamed; write {RENAMED[f'{section}.{key}']} "
+                                  "(same values)")
+            if key not in known:
                 raise ParamsError(f"{source}: unknown key {section}.{key}; known keys in {section}: "
-                                  f"{', '.join(rules)}")
-            if not rules[key].accepts(value):
-                raise ParamsError(f"{source}: {section}.{key} = {value!r} is invalid; it must be "
-                                  f"{rules[key].describe()}")
-        for key in REQUIRED[section]:
-            if key not in values:
-                raise ParamsError(f"{source}: {section}.{key} is missing; it must be {rules[key].describe()}")
-        result[section] = {**DEFAULTS[section], **values}
-    train = result["train"]
-    if train["epochs"] is None and train["max_steps"] is None:
-        raise ParamsError(f"{source}: train.epochs and train.max_steps are both null; set one of them")
-    if result["data"]["source"].startswith(("http://", "https://")) and not result["data"]["sha256"]:
-        raise ParamsError(f"{source}: data.sha256 is missing; a URL source ({result['data']['source']}) "
-                          f"needs its sha256 to be verified")
+                                  f"{', '.join(known)}")
+        values[section] = {**section_defaults(section), **given}
     try:
-        model_config(result["model"])
-    except ValueError as error:
-        raise ParamsError(f"{source}: model section: {error}") from None
-    return result
+        model = values["model"]
+        source_fields = {key: model[key] for key in ModelSource.__dataclass_fields__}
+        overrides = {key: value for key, value in model.items() if key not in source_fields and value is not None}
+        return Params(values, DataConfig(**values["data"]), ModelSource(**source_fields),
+                      ModelConfig.from_preset(source_fields["preset"], **overrides),
+                      TrainConfig(**values["train"]), EvaluateConfig(**values["evaluate"]),
+                      GenerateConfig(**values["generate"]), TrackingConfig(**values["tracking"]))
+    except ConfigError as error:
+        raise ParamsError(f"{source}: {error}") from None
 
 
-def model_config(model_params: dict):
-    """The ModelConfig that params.model describes (preset plus the overrides that are not null)."""
-    from .model import ModelConfig
+def yaml_1_2():
+    """ruamel's pure-Python loader, the YAML 1.2 that DVC reads params.yaml with (1e-3 is a number)."""
+    from ruamel.yaml import YAML
 
-    overrides = {k: v for k, v in model_params.items() if k not in ("preset", "init_from") and v is not None}
-    return ModelConfig.from_preset(model_params["preset"], **overrides)
+    return YAML(typ="safe", pure=True)
 
 
-def load_params(path="params.yaml") -> dict:
-    path = Path(path)
+def read_yaml(path: Path):
+    from ruamel.yaml import YAMLError
+
     if not path.is_file():
         raise ParamsError(f"{path} not found; run from the project root or pass the params file")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ParamsError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    return validate(raw, str(path))
+        return yaml_1_2().load(path.read_text())
+    except YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML ({str(error).strip().splitlines()[0]})") from None
+
+
+def load_params(path="params.yaml") -> Params:
+    path = Path(path)
+    return validate(read_yaml(path), str(path))
+
+
+def yaml_scalar(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    plain = str(value)
+    try:
+        if yaml_1_2().load(io.StringIO(f"key: {plain}\n")) == {"key": plain} and "#" not in plain:
+            return plain
+    except Exception:  # not a plain scalar: quote it
+        pass
+    return json.dumps(plain, ensure_ascii=False)  # a JSON string is a YAML double-quoted scalar
+
+
+def commented(line: str, comment: str, indent: str) -> list[str]:
+    """`line  # comment`, or the comment above the line when both do not fit LINE_WIDTH."""
+    inline = f"{line}{' ' * max(2, COMMENT_COLUMN - len(line))}# {comment}"
+    if len(inline) <= LINE_WIDTH:
+        return [inline]
+    return [*textwrap.wrap(comment, LINE_WIDTH, initial_indent=f"{indent}# ", subsequent_indent=f"{indent}# "),
+            line]
+
+
+def render(values: dict) -> str:
+    """params.yaml holding `values` (every section and key, in definition order), documented."""
+    lines = [HEADER.rstrip("\n")]
+    for section in SECTIONS:
+        module_doc = sys.modules[SECTIONS[section][-1].__module__].__doc__.strip().splitlines()[0]
+        lines += ["", f"# {module_doc.split(': ', 1)[1].rstrip('.')}", f"{section}:"]
+        if section == "model":
+            lines.append("  # the keys from vocab_size on override the preset; null keeps the preset's value")
+        for name, definition in section_fields(section).items():
+            value = values[section][name]
+            if isinstance(value, list):
+                lines += commented(f"  {name}:", doc(definition), "  ")
+                lines += [f"    - {yaml_scalar(item)}" for item in value]
+            else:
+                lines += commented(f"  {name}: {yaml_scalar(value)}", doc(definition), "  ")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    """Rewrite a params file (default params.yaml) from the definitions, keeping its values."""
+    args = sys.argv[1:] if argv is None else argv
+    path = Path(args[0] if args else "params.yaml")
+    try:
+        params = load_params(path)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    atomic_write_text(path, render(params.values))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,31 +12,26 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ConfigError
 from .model import GPT, KVCache
+from .settings import check_value
+from .settings.generate import GenerateConfig
 
 
-def validate_sampler(temperature=0.0, top_k=None, top_p=None, max_new_tokens=1):
-    """Raise ValueError naming the bad setting; shared by generate() and the params checks."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not 0.0 <= temperature < float("inf"):
-        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be an integer >= 1 or null (off), got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
-                              or not 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must be in (0, 1] or null (off), got {top_p!r}")
+def validate_sampler(**settings) -> None:
+    """Raise ConfigError naming the bad setting, by the rules of params.yaml's generate section."""
+    for name, value in settings.items():
+        check_value(GenerateConfig.__dataclass_fields__[name], "generate", value)
 
 
 def check_prompt(n_tokens: int, context_length: int, name: str = "the prompt") -> None:
     """User-facing prompts must fit the context (generate() itself keeps the last context_length tokens,
     as nanoGPT does, which would silently drop the start of a user's prompt)."""
     if n_tokens == 0:
-        raise ValueError(f"{name} is empty; give some text to continue")
+        raise ConfigError(f"{name} is empty; give some text to continue")
     if n_tokens > context_length:
-        raise ValueError(f"{name} is {n_tokens} tokens, longer than the model's context of {context_length} "
-                         f"tokens; shorten it")
+        raise ConfigError(f"{name} is {n_tokens} tokens, longer than the model's context of {context_length} "
+                          f"tokens; shorten it")
 
 
 def filter_logits(logits, top_k=None, top_p=None):
@@ -63,7 +58,7 @@ def next_token(logits, temperature=0.0, top_k=None, top_p=None, generator=None):
 
 
 @torch.no_grad()
-def generate(model: GPT, token_ids, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+def generate(model: GPT, token_ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int | None = None,
              top_p: float | None = None, eos_id: int | None = None, seed: int | None = None,
              generator: torch.Generator | None = None, use_cache: bool = True, on_token=None):
     """Extend token_ids (B, T) by up to max_new_tokens; returns (B, T + n) with n <= max_new_tokens.
@@ -71,9 +66,9 @@ def generate(model: GPT, token_ids, max_new_tokens: int, temperature: float = 0.
     temperature 0 is greedy. A sequence that produced eos_id is finished and padded with eos_id; the
     loop stops when all are. on_token(tokens (B, 1)) is called after each step (for streaming).
     """
-    validate_sampler(temperature, top_k, top_p, max_new_tokens)
+    validate_sampler(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens)
     if token_ids.dim() != 2 or token_ids.size(1) == 0:
-        raise ValueError("token_ids must be a non-empty (batch, tokens) tensor; an empty prompt has nothing "
+        raise ConfigError("token_ids must be a non-empty (batch, tokens) tensor; an empty prompt has nothing "
                          "to continue (use the end-of-text token to start from nothing)")
     if generator is None and seed is not None:
         generator = torch.Generator(device=token_ids.device).manual_seed(seed)

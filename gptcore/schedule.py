@@ -1,11 +1,11 @@
-"""The seed's learning-rate schedule: linear warmup, then cosine decay (a pure function of the step)."""
+"""The book's learning-rate schedule: linear warmup, then cosine decay (a pure function of the step)."""
 
 from __future__ import annotations
 
 import math
 
 
-def learning_rate(step: int, total_steps: int, peak_lr: float, initial_lr: float = 0.0, min_lr: float = 0.0,
+def learning_rate(step: int, total_steps: int, *, peak_lr: float, initial_lr: float = 0.0, min_lr: float = 0.0,
                   warmup_steps: int = 0, cosine_decay: bool = True) -> float:
     """LR for optimizer step `step` (0-based) of `total_steps`.
 

@@ -1,41 +1,32 @@
-"""What every DVC stage script shares: loading params.yaml and turning user errors into one line."""
+"""What every DVC stage script shares: its path arguments, the validated params, one-line user errors."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
 
-from .checkpoint import CheckpointError
-from .corpus import CorpusError
-from .params import ParamsError, load_params
-from .tracking import Tracker, TrackingUnavailable
-from .trainer import NonFiniteLossError, TrainingInterrupted
-
-# TrainingInterrupted (SIGTERM / Ctrl-C) exits 1 too: the checkpoint is saved and DVC must not record
-# the stage as done
-USER_ERRORS = (ParamsError, CorpusError, CheckpointError, TrackingUnavailable, NonFiniteLossError,
-               TrainingInterrupted, FileNotFoundError, ValueError)
+from .errors import GptcoreError
+from .params import Params, load_params
 
 
-def stage_params(*sections: str, path="params.yaml") -> dict:
-    """The whole file is validated (a typo anywhere stops the first stage); the stage gets its sections."""
-    params = load_params(Path(path))
-    return {name: params[name] for name in sections}
+def stage_arguments(description: str, *paths: str) -> tuple[argparse.Namespace, Params]:
+    """--params and the stage's path arguments (all required: dvc.yaml's cmd shows them), and the whole
+    params file validated (a typo anywhere stops the first stage)."""
+    parser = argparse.ArgumentParser(description=description)
+    for name in ("params", *paths):
+        parser.add_argument(f"--{name}", type=Path, required=True)
+    args = parser.parse_args()
+    return args, load_params(args.params)
 
 
 def run_stage(main) -> None:
-    """Call main(); a user error prints `error: <message>` and exits 1 instead of a traceback."""
+    """Call main(); a GptcoreError prints `error: <message>` and exits 1, anything else is a bug and keeps
+    its traceback. (TrainingInterrupted exits 1 too: DVC must not record the stage as done.)"""
     try:
         main()
-    except USER_ERRORS as error:
+    except GptcoreError as error:
         rank = int(os.environ.get("RANK", 0))  # set by torchrun
         print(f"error{f' (rank {rank})' if rank else ''}: {error}", file=sys.stderr)
         sys.exit(1)
-
-
-def stage_tracker(params: dict, model_dir, section: str, stage: str):
-    """The MLflow run of the model in model_dir, to which a stage adds its params section (None if off)."""
-    if not params["tracking"]["enabled"]:
-        return None
-    return Tracker.attach(params["tracking"], model_dir, {section: params[section]}, stage)

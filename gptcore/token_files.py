@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path, atomic_write_text
-from .corpus import CorpusError, iter_text, sha256_file
+from .corpus import CHUNK_CHARS, CorpusError, iter_text, sha256_file
+from .errors import MissingInputError
+from .machine import physical_cores
 from .tokenizer import Tokenizer
 
 TOKEN_DTYPE = np.uint16  # GPT-2's 50,257 ids fit in 16 bits
@@ -47,7 +49,7 @@ def iter_safe_chunks(path: Path, chunk_chars: int):
         yield carry
 
 
-def tokenize_file(text_path, bin_path, tokenizer: Tokenizer, threads: int = 2, chunk_chars: int = 1 << 20,
+def tokenize_file(text_path, bin_path, tokenizer: Tokenizer, *, threads: int = 2, chunk_chars: int = CHUNK_CHARS,
                   progress: bool | None = None) -> int:
     """Write the tokens of a text file to bin_path as uint16; returns the token count."""
     from tqdm import tqdm
@@ -78,9 +80,11 @@ def tokenize_file(text_path, bin_path, tokenizer: Tokenizer, threads: int = 2, c
     return count
 
 
-def tokenize_splits(prepared_dir, out_dir, threads: int = 2, progress: bool | None = None) -> dict:
-    """prepared_dir/{train,val}.txt -> out_dir/{train,val}.bin + meta.json (counts, vocabulary, checksums)."""
+def tokenize_splits(prepared_dir, out_dir, threads: int | None = None, progress: bool | None = None) -> dict:
+    """prepared_dir/{train,val}.txt -> out_dir/{train,val}.bin + meta.json (counts, vocabulary, checksums),
+    on `threads` cores (all physical ones by default)."""
     prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
+    threads = threads or physical_cores()
     tokenizer = Tokenizer()
     meta = {"tokenizer": "gpt2", "n_vocab": tokenizer.n_vocab, "eot_id": tokenizer.eot_id,
             "dtype": np.dtype(TOKEN_DTYPE).name, "splits": {}}
@@ -88,7 +92,7 @@ def tokenize_splits(prepared_dir, out_dir, threads: int = 2, progress: bool | No
         text_path = prepared_dir / f"{split}.txt"
         if not text_path.is_file():
             raise CorpusError(f"{text_path} is missing; run the prepare stage first")
-        tokens = tokenize_file(text_path, out_dir / f"{split}.bin", tokenizer, threads, progress=progress)
+        tokens = tokenize_file(text_path, out_dir / f"{split}.bin", tokenizer, threads=threads, progress=progress)
         meta["splits"][split] = {"tokens": tokens, "source_sha256": sha256_file(text_path),
                                  "sha256": sha256_file(out_dir / f"{split}.bin")}
     atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=2))
@@ -99,7 +103,7 @@ def load_tokens(path) -> np.ndarray:
     """The token file as a read-only memmap: nothing is loaded until sliced."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"token file {path} not found; run the tokenize stage first")
+        raise MissingInputError(f"token file {path} not found; run the tokenize stage first")
     if path.stat().st_size == 0:
         return np.zeros(0, dtype=TOKEN_DTYPE)
     return np.memmap(path, dtype=TOKEN_DTYPE, mode="r")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import tiktoken
 
+from .errors import DownloadError
+
 EOT_TOKEN = "<|endoftext|>"
 
 OFFLINE_HELP = ("set TIKTOKEN_CACHE_DIR to a folder holding tiktoken's cached GPT-2 files (vocab.bpe and "
@@ -29,7 +31,7 @@ class Tokenizer:
         try:
             self.encoding = tiktoken.get_encoding("gpt2")
         except Exception as error:  # tiktoken raises requests/OS errors when it cannot download
-            raise RuntimeError(f"cannot load the GPT-2 BPE vocabulary ({type(error).__name__}: {error}); "
+            raise DownloadError(f"cannot load the GPT-2 BPE vocabulary ({type(error).__name__}: {error}); "
                                f"to work offline, {OFFLINE_HELP}") from error
         self.eot_id = self.encoding.eot_token
         self.n_vocab = self.encoding.n_vocab

@@ -12,12 +12,14 @@ import subprocess
 import time
 from pathlib import Path
 
-from .trainer import TrainerCallback
+from .callbacks import TrainerCallback
+from .errors import GptcoreError
+from .settings.tracking import TrackingConfig
 
 RUN_FILE = "mlflow_run.json"
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(GptcoreError):
     pass
 
 
@@ -73,7 +75,7 @@ class Tracker:
         self.client, self.run_id = client, run_id
 
     @classmethod
-    def connect(cls, tracking: dict):
+    def connect(cls, tracking: TrackingConfig):
         """The client for MLFLOW_TRACKING_URI if set (a shared server), else the embedded store.
 
         An unreachable server fails here, before any compute, unless tracking.on_unreachable is 'local'.
@@ -90,7 +92,7 @@ class Tracker:
             try:
                 client.search_experiments(max_results=1)
             except Exception as error:
-                if tracking["on_unreachable"] != "local":
+                if tracking.on_unreachable != "local":
                     raise TrackingUnavailable(
                         f"MLflow tracking server {uri} is unreachable ({type(error).__name__}); start it, unset "
                         f"MLFLOW_TRACKING_URI to use the local store, or set tracking.on_unreachable: local"
@@ -99,16 +101,16 @@ class Tracker:
                 uri = None
         if not uri:
             client = MlflowClient(local_uri)
-        experiment = client.get_experiment_by_name(tracking["experiment"])
+        experiment = client.get_experiment_by_name(tracking.experiment)
         if experiment is None:
             experiment_id = client.create_experiment(
-                tracking["experiment"], artifact_location=None if uri else f"{artifact_root}/{tracking['experiment']}")
+                tracking.experiment, artifact_location=None if uri else f"{artifact_root}/{tracking.experiment}")
         else:
             experiment_id = experiment.experiment_id
         return client, experiment_id, root
 
     @classmethod
-    def start(cls, tracking: dict, name: str, tags: dict, params: dict) -> "Tracker":
+    def start(cls, tracking: TrackingConfig, name: str, tags: dict, params: dict) -> "Tracker":
         from mlflow.entities import Param
 
         client, experiment_id, root = cls.connect(tracking)
@@ -122,7 +124,7 @@ class Tracker:
         return tracker
 
     @classmethod
-    def attach(cls, tracking: dict, model_dir, params: dict, stage: str) -> "Tracker":
+    def attach(cls, tracking: TrackingConfig, model_dir, params: dict, stage: str) -> "Tracker":
         """Continue the run that trained the model in model_dir; a new one if it is gone or params clash."""
         client, experiment_id, _ = cls.connect(tracking)
         run_file = Path(model_dir) / RUN_FILE

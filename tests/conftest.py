@@ -31,7 +31,8 @@ def pytest_configure(config):
 
 
 def pytest_report_header(config):
-    from gptcore.runtime import AUTO_PRECISION_ENV, cpu_model, resolve_precision
+    from gptcore.machine import cpu_model
+    from gptcore.runtime import AUTO_PRECISION_ENV, resolve_precision
 
     return (f"cpu: {cpu_model()}; precision auto -> {resolve_precision('auto', torch.device('cpu'))}"
             f" ({AUTO_PRECISION_ENV}={os.environ.get(AUTO_PRECISION_ENV, '')})")

@@ -15,12 +15,14 @@ from torch.utils.data import DataLoader, Subset
 
 from gptcore.checkpoint import initialize_model, load_model, save_model
 from gptcore.cli import main
-from gptcore.corpus import VERDICT_SHA256, VERDICT_URL, prepare_corpus, resolve_sources
+from gptcore.corpus import prepare_corpus, resolve_sources
 from gptcore.lfs import LfsFormatError, export_lfs, lfs_state_dict, load_lfs
 from gptcore.model import GPT, ModelConfig
 from gptcore.sampling import generate
+from gptcore.settings.data import VERDICT_SHA256, VERDICT_URL
+from gptcore.settings.train import TrainConfig
 from gptcore.token_files import load_tokens, tokenize_splits
-from gptcore.trainer import TrainConfig, Trainer
+from gptcore.trainer import Trainer
 
 pytest.importorskip("llms_from_scratch", reason="the book's package: pip install --no-deps llms-from-scratch")
 from llms_from_scratch.appendix_d import train_model  # noqa: E402
@@ -102,7 +104,7 @@ def test_generate_cli_reads_a_book_file_with_its_head_count(tmp_path, capsys, to
     reference = book_model(SMALL).eval()
     torch.save(reference.state_dict(), tmp_path / "model.pth")
     assert main(["generate", "Every effort moves you", "--model", str(tmp_path / "model.pth"), "--n-heads", "2",
-                 "--max-new-tokens", "8", "--no-eos"]) == 0
+                 "--max-new-tokens", "8", "--temperature", "0", "--no-eos"]) == 0
     prompt = torch.tensor([tokenizer.encode("Every effort moves you")])
     expected = generate_text_simple(reference, prompt, max_new_tokens=8, context_size=32)
     assert capsys.readouterr().out == tokenizer.decode(expected[0].tolist()) + "\n"

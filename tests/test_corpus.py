@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from gptcore.corpus import (VERDICT_SHA256, VERDICT_URL, CorpusError, fetch_url, prepare_corpus,
-                            resolve_sources)
+from gptcore.corpus import CorpusError, fetch_url, prepare_corpus, resolve_sources
+from gptcore.settings.data import VERDICT_SHA256, VERDICT_URL
 from gptcore.tokenizer import EOT_TOKEN
 
 

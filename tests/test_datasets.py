@@ -28,23 +28,27 @@ def test_sliding_windows_match_the_seed(n, max_length, stride):
 def test_verdict_loaders_have_the_books_batch_counts():
     train = GPTDataset(np.zeros(4612, dtype=np.uint16), 256, 256)
     val = GPTDataset(np.zeros(534, dtype=np.uint16), 256, 256, "validation")
-    assert len(make_dataloader(train, 2, True, True, 123)) == 9
-    assert len(make_dataloader(val, 2, False, False, 123, "validation")) == 1
+    assert len(make_dataloader(train, batch_size=2, shuffle=True, drop_last=True, seed=123)) == 9
+    assert len(make_dataloader(val, batch_size=2, shuffle=False, drop_last=False, seed=123, split="validation")) == 1
 
 
 def test_too_short_split_names_split_count_and_context():
     with pytest.raises(SplitTooShortError, match=r"validation split has 200 tokens.*257"):
         GPTDataset(np.zeros(200, dtype=np.uint16), 256, 256, "validation")
     with pytest.raises(SplitTooShortError, match="fewer than one batch"):
-        make_dataloader(GPTDataset(np.zeros(300, dtype=np.uint16), 256, 256), 2, True, True, 0)
+        make_dataloader(GPTDataset(np.zeros(300, dtype=np.uint16), 256, 256), batch_size=2, shuffle=True,
+                        drop_last=True, seed=0)
 
 
 def test_loader_order_is_seeded_per_epoch_and_resumable():
     dataset = GPTDataset(np.arange(1000, dtype=np.uint16), 10, 10)
-    loader = make_dataloader(dataset, 4, True, True, seed=5)
+    def first_tokens(seed):
+        return [x[:, 0].tolist() for x, _ in make_dataloader(dataset, batch_size=4, shuffle=True, drop_last=True,
+                                                              seed=seed)]
+
+    loader = make_dataloader(dataset, batch_size=4, shuffle=True, drop_last=True, seed=5)
     first = [x[:, 0].tolist() for x, _ in loader]
-    assert first == [x[:, 0].tolist() for x, _ in make_dataloader(dataset, 4, True, True, seed=5)]
-    assert first != [x[:, 0].tolist() for x, _ in make_dataloader(dataset, 4, True, True, seed=6)]
+    assert first == first_tokens(5) and first != first_tokens(6)
     loader.sampler.set_position(epoch=1)
     second_epoch = [x[:, 0].tolist() for x, _ in loader]
     assert second_epoch != first
@@ -53,14 +57,15 @@ def test_loader_order_is_seeded_per_epoch_and_resumable():
 
 
 def test_dataloader_does_not_touch_the_global_rng():
-    loader = make_dataloader(GPTDataset(np.arange(100, dtype=np.uint16), 10, 10), 2, True, True, 0)
+    loader = make_dataloader(GPTDataset(np.arange(100, dtype=np.uint16), 10, 10), batch_size=2, shuffle=True,
+                             drop_last=True, seed=0)
     state = torch.get_rng_state()
     iter(loader)
     assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_random_windows_are_a_function_of_the_step():
-    windows = RandomWindows(np.arange(5000, dtype=np.uint16), 16, 4, seed=1)
+    windows = RandomWindows(np.arange(5000, dtype=np.uint16), 16, batch_size=4, seed=1)
     x, y = windows.batch(7)
     assert x.shape == (4, 16) and torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
     assert torch.equal(windows.batch(7)[0], x) and not torch.equal(windows.batch(8)[0], x)
@@ -70,8 +75,9 @@ def test_random_windows_are_a_function_of_the_step():
 def test_ranks_split_each_global_batch_of_one_process(skip_batches):
     """2 ranks x batch 3 see, step by step, the windows of 1 process x batch 6, and never the same one."""
     dataset = GPTDataset(np.arange(1000, dtype=np.uint16), 10, 10)  # 99 windows: 16 global batches of 6
-    single = make_dataloader(dataset, 6, True, True, seed=5)
-    ranks = [make_dataloader(dataset, 3, True, True, seed=5, rank=r, world_size=2) for r in (0, 1)]
+    single = make_dataloader(dataset, batch_size=6, shuffle=True, drop_last=True, seed=5)
+    ranks = [make_dataloader(dataset, batch_size=3, shuffle=True, drop_last=True, seed=5, rank=r,
+                             world_size=2) for r in (0, 1)]
     for loader in (single, *ranks):
         loader.sampler.set_position(epoch=2, skip_batches=skip_batches)
     assert len(ranks[0]) == len(ranks[1]) == len(single) == 16 - skip_batches
@@ -82,6 +88,6 @@ def test_ranks_split_each_global_batch_of_one_process(skip_batches):
 
 def test_random_windows_split_across_ranks():
     tokens = np.arange(5000, dtype=np.uint16)
-    whole = RandomWindows(tokens, 16, 4, seed=1).batch(3)[0]
-    parts = [RandomWindows(tokens, 16, 2, seed=1, rank=r, world_size=2).batch(3)[0] for r in (0, 1)]
+    whole = RandomWindows(tokens, 16, batch_size=4, seed=1).batch(3)[0]
+    parts = [RandomWindows(tokens, 16, batch_size=2, seed=1, rank=r, world_size=2).batch(3)[0] for r in (0, 1)]
     assert torch.equal(whole, torch.cat(parts))

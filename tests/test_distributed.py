@@ -12,7 +12,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from gptcore.corpus import VERDICT_SHA256, VERDICT_URL, prepare_corpus, resolve_sources
+from gptcore.corpus import prepare_corpus, resolve_sources
+from gptcore.params import read_yaml
+from gptcore.settings.data import VERDICT_SHA256, VERDICT_URL
 from gptcore.token_files import tokenize_splits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +33,7 @@ def train_stage(run_dir: Path, tokens: Path, nproc: int, batch_size: int, grad_a
                 env: dict | None = None):
     """Run stages/train.py as DVC would (tiny model, no dropout so the processes' RNGs do not matter; fp32
     whatever the CPU: the comparisons below need 1e-5, which bf16's 2^-8 rounding cannot give)."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = read_yaml(REPO / "params.yaml")
     params["model"].update(preset="tiny", context_length=32, drop_rate=0.0)
     params["train"].update(epochs=None, max_steps=8, batch_size=batch_size, nproc=nproc, eval_freq=4, precision="fp32",
                            grad_accum_steps=grad_accum_steps,

@@ -18,8 +18,11 @@ from gptcore.atomic import atomic_write_text
 from gptcore.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, save_model
 from gptcore.hf import export_hf
 from gptcore.model import GPT, ModelConfig
+from gptcore.params import read_yaml
+from gptcore.settings.tracking import TrackingConfig
+from gptcore.settings.train import TrainConfig
 from gptcore.tracking import Tracker, TrackingUnavailable
-from gptcore.trainer import TrainConfig, Trainer
+from gptcore.trainer import Trainer
 
 
 def tiny():
@@ -95,9 +98,9 @@ def test_unreachable_tracking_server_fails_fast_or_falls_back(tmp_path, monkeypa
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     started = time.perf_counter()
     with pytest.raises(TrackingUnavailable, match="127.0.0.1:9.*on_unreachable"):
-        Tracker.start({"experiment": "x", "on_unreachable": "fail"}, "run", {}, {})
+        Tracker.start(TrackingConfig(experiment="x"), "run", {}, {})
     assert time.perf_counter() - started < 30
-    tracker = Tracker.start({"experiment": "x", "on_unreachable": "local"}, "run", {}, {"a": {"b": 1}})
+    tracker = Tracker.start(TrackingConfig(experiment="x", on_unreachable="local"), "run", {}, {"a": {"b": 1}})
     assert tracker.client.get_run(tracker.run_id).data.params == {"a.b": "1"}
     assert (tmp_path / "mlruns" / "mlflow.db").is_file()
 
@@ -105,7 +108,7 @@ def test_unreachable_tracking_server_fails_fast_or_falls_back(tmp_path, monkeypa
 def test_generate_stage_refuses_a_prompt_longer_than_the_context_before_generating(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     save_model(tiny(), tmp_path / "models")  # context 16
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = read_yaml(repo / "params.yaml")
     params["generate"]["prompts"] = ["Every effort moves you", "word " * 20]
     params["tracking"]["enabled"] = False
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -4,9 +4,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from gptcore.hf import export_hf, load_hf_folder, load_hf_state_dict, load_official
+from gptcore.errors import DownloadError
+from gptcore.hf import config_from_hf, export_hf, load_hf_folder, load_hf_state_dict, load_official
 from gptcore.model import GPT, ModelConfig
-from gptcore.hf import config_from_hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -64,7 +64,7 @@ def test_official_weights_offline_give_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     import huggingface_hub.constants as hub_constants
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(RuntimeError, match="cannot download 'gpt2'.*save_pretrained"):
+    with pytest.raises(DownloadError, match="cannot download 'gpt2'.*save_pretrained"):
         load_official("gpt2")
     with pytest.raises(ValueError, match="gpt2-huge"):
         load_official("gpt2-huge")

@@ -13,8 +13,10 @@ from conftest import native_bf16, needs_native_bf16
 
 from gptcore.distributed import check_process_count
 from gptcore.model import GPT, ModelConfig
-from gptcore.runtime import AUTO_PRECISION_ENV, describe_runtime, fast_bf16, physical_cores, resolve_precision
-from gptcore.trainer import TrainConfig, Trainer
+from gptcore.params import read_yaml
+from gptcore.runtime import AUTO_PRECISION_ENV, fast_bf16, physical_cores, resolve_precision, setup_runtime
+from gptcore.settings.train import TrainConfig
+from gptcore.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -36,7 +38,9 @@ def test_auto_follows_the_hardware_unless_the_switch_forces_it(monkeypatch):
 
 
 def test_the_runtime_record_names_what_produced_the_numbers():
-    record = describe_runtime(CPU, "fp32", 2)
+    runtime = setup_runtime("cpu", "fp32", 2)
+    assert torch.get_num_threads() == 2
+    record = runtime.describe()
     assert record["precision"] == "fp32" and record["device"] == "cpu" and record["threads"] == 2
     assert record["processes"] == 1 and record["torch"] == torch.__version__ and record["cpu"]
     assert record["avx512_bf16"] in (True, False) and record["amx_tile"] in (True, False)
@@ -52,10 +56,11 @@ def test_more_processes_than_cores_are_refused_naming_both_numbers(monkeypatch):
 
 
 def test_the_train_stage_refuses_nproc_above_the_cores_before_starting_workers(tmp_path):
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = read_yaml(REPO / "params.yaml")
     params["train"]["nproc"] = 4096
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    result = subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "--params", "params.yaml"],
+    result = subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "--params", "params.yaml", "--tokens",
+                             "tokens", "--models", "models", "--metrics", "train.json", "--plots", "plots"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [

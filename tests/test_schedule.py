@@ -37,4 +37,4 @@ def test_warmup_is_linear_and_decay_monotonic():
 
 
 def test_without_warmup_and_decay_it_is_constant():
-    assert {learning_rate(s, 50, 4e-4, warmup_steps=0, cosine_decay=False) for s in range(50)} == {4e-4}
+    assert {learning_rate(s, 50, peak_lr=4e-4, warmup_steps=0, cosine_decay=False) for s in range(50)} == {4e-4}

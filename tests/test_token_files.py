@@ -2,7 +2,8 @@ import json
 
 import numpy as np
 
-from gptcore.corpus import VERDICT_SHA256, VERDICT_URL, prepare_corpus, resolve_sources
+from gptcore.corpus import prepare_corpus, resolve_sources
+from gptcore.settings.data import VERDICT_SHA256, VERDICT_URL
 from gptcore.token_files import load_tokens, safe_cut, tokenize_file, tokenize_splits
 
 

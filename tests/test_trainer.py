@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from gptcore.callbacks import PrintProgress, TrainerCallback
 from gptcore.checkpoint import latest_checkpoint
 from gptcore.model import GPT, ModelConfig
-from gptcore.trainer import (NonFiniteLossError, PrintProgress, TrainConfig, Trainer, TrainerCallback,
-                             TrainingInterrupted, build_optimizer)
+from gptcore.settings.train import TrainConfig
+from gptcore.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, build_optimizer
 
 CONTEXT = 16
 
@@ -166,14 +167,15 @@ def test_callbacks_and_epoch_samples(tokenizer):
 
 
 def test_random_window_sampling_trains_and_samples_at_end(tokenizer):
-    history = Trainer(tiny_model(), config(max_steps=5, sampling="random", sample_tokens=3), TRAIN, VAL,
+    history = Trainer(tiny_model(), config(max_steps=5, windows="random", sample_tokens=3), TRAIN, VAL,
                       tokenizer=tokenizer).fit()
     assert len(history["steps"]) == 5 and [s["step"] for s in history["samples"]] == [5]
 
 
 @pytest.mark.slow
 def test_tiny_preset_learns_the_verdict(shared_dir, tmp_path, tokenizer):
-    from gptcore.corpus import VERDICT_SHA256, VERDICT_URL, prepare_corpus, resolve_sources
+    from gptcore.corpus import prepare_corpus, resolve_sources
+    from gptcore.settings.data import VERDICT_SHA256, VERDICT_URL
     from gptcore.token_files import load_tokens, tokenize_splits
 
     prepare_corpus(resolve_sources(VERDICT_URL, VERDICT_SHA256), tmp_path / "prepared")

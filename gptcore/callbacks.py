@@ -1,0 +1,57 @@
+"""What the training loop reports (per step, per evaluation, per sample) and the console's view of it.
+
+Tracking (gptcore.tracking) and tests plug in here, so the trainer knows nothing of MLflow.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm import tqdm
+
+
+class TrainerCallback:
+    def on_train_start(self, step: int, total_steps: int): ...
+
+    def on_step(self, record: dict): ...
+
+    def on_eval(self, record: dict): ...
+
+    def on_sample(self, record: dict): ...
+
+    def on_train_end(self, history: dict): ...
+
+
+class PrintProgress(TrainerCallback):
+    """The book's console log (losses at each evaluation, the sample text at each epoch end) and, on a
+    terminal only, a progress bar with the loss, tokens/s and the time left."""
+
+    def __init__(self, bar: bool | None = None):
+        self.show_bar = sys.stderr.isatty() if bar is None else bar
+        self.bar = None
+
+    def on_train_start(self, step: int, total_steps: int):
+        self.bar = tqdm(total=total_steps, initial=step, unit="step", desc="train", disable=not self.show_bar,
+                        dynamic_ncols=True)
+
+    def on_step(self, record: dict):
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{record['train_loss']:.3f}",
+                                 tokens_per_s=f"{record['tokens_per_second']:,.0f}", refresh=False)
+            self.bar.update()
+
+    def on_eval(self, record: dict):
+        self._print(f"step {record['step']:6d} | tokens {record['tokens_seen']:9,d} | train loss "
+                    f"{record['train_loss']:.3f} | val loss {record['val_loss']:.3f}")
+
+    def on_sample(self, record: dict):
+        self._print(f"epoch {record['epoch'] + 1} sample: {record['text']}")
+
+    def on_train_end(self, history: dict):
+        if self.bar is not None:
+            self.bar.close()
+
+    @staticmethod
+    def _print(line: str):
+        tqdm.write(line)  # above the bar, which stays at the bottom
+        sys.stdout.flush()

@@ -1,0 +1,19 @@
+"""The errors a user can act on. The CLI and the stages print these as one line and exit 1; any other
+exception is a bug and keeps its traceback."""
+
+
+class GptcoreError(Exception):
+    """Base of every user-facing error: its message names the bad value and what to do."""
+
+
+class ConfigError(GptcoreError, ValueError):
+    """A setting with a bad value (params.yaml, a model config, a sampler option, a device)."""
+
+
+class MissingInputError(GptcoreError, FileNotFoundError):
+    """An input file or folder that is not there (a model, token files, a stage's output)."""
+
+
+class DownloadError(GptcoreError):
+    """Something that has to be fetched could not be (offline, DNS, proxy); the message says how to work
+    offline."""

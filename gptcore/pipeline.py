@@ -1,0 +1,162 @@
+"""What the train, evaluate and generate-samples stages do, as library functions of validated params.
+
+Each writes its outputs atomically and adds to the pipeline's MLflow run: the train stage starts it
+(or re-attaches to it after an interruption) and records its id next to the model, the later stages
+find it there. (prepare and tokenize are gptcore.corpus.prepare_data and gptcore.token_files.tokenize_splits,
+which need no torch.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from . import distributed
+from .atomic import atomic_write_text
+from .callbacks import PrintProgress
+from .checkpoint import initialize_model, latest_checkpoint, load_model, save_model
+from .evaluation import evaluate_splits
+from .params import Params
+from .plots import draw_plots, write_plot_data
+from .runtime import cast_for_inference, setup_runtime
+from .sampling import check_prompt, generate
+from .token_files import load_tokens
+from .tokenizer import Tokenizer
+from .tracking import RUN_FILE, Tracker, TrackingCallback, repo_root
+from .trainer import Trainer
+
+
+def checkpoint_folder(params: Params, tokens_dir: Path) -> Path:
+    """<repo>/checkpoints/<run key>: the key changes with the model and train params and the data, so
+    another experiment never resumes this one's state."""
+    splits = json.loads((tokens_dir / "meta.json").read_text())["splits"]
+    key = json.dumps([params.values["model"], params.values["train"], splits], sort_keys=True)
+    return repo_root() / "checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def start_or_resume_run(params: Params, checkpoint_dir: Path) -> Tracker:
+    """Reattach to the MLflow run of an interrupted training run, or start the pipeline's run."""
+    if latest_checkpoint(checkpoint_dir) is not None and (checkpoint_dir / RUN_FILE).is_file():
+        return Tracker.attach(params.tracking, checkpoint_dir, {}, "train")
+    tracker = Tracker.start(params.tracking, name=f"{params.model.preset}-{time.strftime('%Y%m%d-%H%M%S')}",
+                            tags={"model_preset": params.model.preset},
+                            params={k: params.values[k] for k in ("data", "model", "train", "tracking")})
+    tracker.write_run_file(checkpoint_dir)
+    return tracker
+
+
+def stage_run(params: Params, model_dir: Path, section: str) -> Tracker | None:
+    """The MLflow run of the model in model_dir, to which a stage adds its params section (None if off)."""
+    if not params.tracking.enabled:
+        return None
+    return Tracker.attach(params.tracking, model_dir, {section: params.values[section]}, section)
+
+
+def train(params: Params, *, tokens_dir: Path, model_dir: Path, metrics_file: Path, plots_dir: Path) -> dict | None:
+    """Train (resuming an interrupted run) and write the model, metrics and plots; the metrics (None in
+    the processes other than rank 0 under DDP)."""
+    with distributed.process_group(params.train.device):
+        ranks = distributed.current()
+        checkpoint_dir = checkpoint_folder(params, tokens_dir)
+        torch.manual_seed(params.train.seed)
+        model = initialize_model(params.model_config, params.model.init_from)
+        tracker = start_or_resume_run(params, checkpoint_dir) if params.tracking.enabled and ranks.is_main else None
+        callbacks = [PrintProgress()] + ([TrackingCallback(tracker, params.tracking.log_every)] if tracker else [])
+        trainer = Trainer(model, params.train, load_tokens(tokens_dir / "train.bin"),
+                          load_tokens(tokens_dir / "val.bin"), tokenizer=Tokenizer(), checkpoint_dir=checkpoint_dir,
+                          callbacks=callbacks)
+        if trainer.resume() and ranks.is_main:
+            print(f"resuming from step {trainer.step} ({checkpoint_dir})")
+        started = time.perf_counter()
+        history = trainer.fit()
+    if not ranks.is_main:
+        return None
+    steps, last_eval = history["steps"], history["evals"][-1]
+    metrics = {"train_loss": last_eval["train_loss"], "val_loss": last_eval["val_loss"],
+               "steps": trainer.step, "tokens_seen": trainer.tokens_seen,
+               "tokens_per_second": sum(s["tokens_per_second"] for s in steps) / len(steps),
+               "parameters": model.num_parameters(),
+               "wall_seconds_this_session": time.perf_counter() - started,
+               "runtime": trainer.runtime.describe()}
+    save_model(model, model_dir)
+    write_plot_data(history, plots_dir)
+    pictures = draw_plots(history, plots_dir)
+    atomic_write_text(metrics_file, json.dumps(metrics, indent=2) + "\n")
+    if tracker:
+        tracker.write_run_file(model_dir)
+        tracker.log_metrics({f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
+                            trainer.step)
+        tracker.set_tags({f"runtime.{k}": v for k, v in metrics["runtime"].items()})
+        for picture in pictures:
+            tracker.log_artifact(picture, "plots")
+        tracker.finish()
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
+    return metrics
+
+
+def evaluate(params: Params, *, model_dir: Path, tokens_dir: Path, metrics_file: Path) -> dict:
+    """Loss and perplexity of the trained model on every window of both splits -> metrics_file."""
+    tracker = stage_run(params, model_dir, "evaluate")
+    settings = params.evaluate
+    runtime = setup_runtime(settings.device, settings.precision)
+    model = load_model(model_dir).to(runtime.device)
+    metrics = evaluate_splits(model, tokens_dir, batch_size=settings.batch_size, max_batches=settings.max_batches,
+                              runtime=runtime)
+    metrics["runtime"] = runtime.describe()
+    atomic_write_text(metrics_file, json.dumps(metrics, indent=2) + "\n")
+    if tracker:
+        tracker.log_metrics({f"eval_{k}": v for k, v in metrics.items() if k != "runtime"})
+        tracker.finish()
+    return metrics
+
+
+def sample_name(index: int, prompt: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40] or "prompt"
+    return f"{index:02d}-{slug}"
+
+
+def to_markdown(sample: dict) -> str:
+    sampler = ", ".join(f"{k}={v}" for k, v in sample["sampler"].items())
+    return f"## Prompt\n\n> {sample['prompt']}\n\n**Sampler:** {sampler}\n\n## Text\n\n{sample['text']}\n"
+
+
+SAMPLER_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "weights")
+
+
+def generate_samples(params: Params, *, model_dir: Path, out_dir: Path) -> list[dict]:
+    """One continuation per prompt -> out_dir/NN-<prompt>.md (people) and .json (programs); prompt i uses
+    seed + i, so each sample is reproducible on its own."""
+    tracker = stage_run(params, model_dir, "generate")
+    settings = params.generate
+    runtime = setup_runtime(settings.device, "fp32")
+    model = cast_for_inference(load_model(model_dir), settings.weights).to(runtime.device).eval()
+    tokenizer = Tokenizer()
+    encoded = [tokenizer.encode(prompt) for prompt in settings.prompts]
+    for index, ids in enumerate(encoded):  # every prompt checked before the first is generated
+        check_prompt(len(ids), model.config.context_length, f"params.yaml: generate.prompts[{index}]")
+    samples = []
+    for index, (prompt, ids) in enumerate(zip(settings.prompts, encoded)):
+        seed = None if settings.seed is None else settings.seed + index
+        out = generate(model, torch.tensor([ids], device=runtime.device), settings.max_new_tokens,
+                       temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+                       eos_id=tokenizer.eot_id if settings.stop_at_eos else None, seed=seed)
+        new_ids = out[0, len(ids):].tolist()
+        samples.append({"prompt": prompt, "sampler": {k: getattr(settings, k) for k in SAMPLER_KEYS} | {"seed": seed},
+                        "completion": tokenizer.decode(new_ids), "text": tokenizer.decode(out[0].tolist()),
+                        "new_tokens": len(new_ids)})
+    shutil.rmtree(out_dir, ignore_errors=True)  # prompts may have been removed: no stale files
+    for index, sample in enumerate(samples):
+        name = sample_name(index, sample["prompt"])
+        atomic_write_text(out_dir / f"{name}.md", to_markdown(sample))
+        atomic_write_text(out_dir / f"{name}.json", json.dumps(sample, indent=2) + "\n")
+        if tracker:
+            tracker.log_text(to_markdown(sample), f"samples/{name}.md")
+    if tracker:
+        tracker.finish()
+    return samples

@@ -1,0 +1,115 @@
+"""Every gptcore setting is defined once: a dataclass field with its type, default, bounds and doc.
+
+One dataclass per params.yaml section (settings.data, .model, .train, .evaluate, .generate, .tracking),
+each in its own torch-free module so that a stage depends on the definitions it uses and nothing else.
+`setting()` declares a field; `check_fields()` validates an instance against its fields, raising one
+line that names the key path (`train.peak_lr = -1 is invalid; it must be a number > 0 and <= 1`).
+gptcore.params builds the params.yaml schema, its comments and its defaults from these fields.
+"""
+
+import math
+import types
+import typing
+from dataclasses import MISSING, Field, dataclass, field, fields
+
+from ..errors import ConfigError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a value must be: derived from the field's annotation and the bounds given to setting()."""
+    kind: str  # "int", "float", "bool", "str", "choice", "str_list", "sha256"
+    nullable: bool = False
+    low: float | None = None  # inclusive unless low_open
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple = ()
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+        elif self.kind in ("int", "float"):
+            noun = "an integer" if self.kind == "int" else "a number"
+            bounds = []
+            if self.low is not None:
+                bounds.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+            if self.high is not None:
+                bounds.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+            text = f"{noun} {' and '.join(bounds)}".strip()
+        else:
+            text = {"bool": "true or false", "str": "a non-empty string", "sha256": "a 64-character hex sha256",
+                    "str_list": "a non-empty list of non-empty strings"}[self.kind]
+        return text + (" or null" if self.nullable else "")
+
+    def accepts(self, value) -> bool:
+        if value is None:
+            return self.nullable
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        if self.kind == "str":
+            return isinstance(value, str) and bool(value.strip())
+        if self.kind == "choice":
+            return isinstance(value, str) and value in self.choices
+        if self.kind == "str_list":
+            return isinstance(value, (list, tuple)) and bool(value) and \
+                all(isinstance(v, str) and v.strip() for v in value)
+        if self.kind == "sha256":
+            return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.kind == "int" and not isinstance(value, int):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return self.high is None or not (value > self.high or (self.high_open and value == self.high))
+
+
+def setting(default, doc: str, *, low=None, high=None, low_open=False, high_open=False, choices=(),
+            sha256=False) -> Field:
+    """A documented, validated dataclass field. The kind comes from the annotation (int, float, bool,
+    str, list[str], `| None` for nullable); choices make a str a choice; sha256 a checksum."""
+    metadata = {"doc": doc, "bounds": dict(low=low, high=high, low_open=low_open, high_open=high_open),
+                "choices": tuple(choices), "sha256": sha256}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def rule(definition: Field, nullable: bool | None = None) -> Rule:
+    """The Rule of a field declared with setting(); nullable overrides the annotation's."""
+    annotation = definition.type
+    args = typing.get_args(annotation)
+    is_optional = isinstance(annotation, types.UnionType) and type(None) in args
+    base = next(a for a in args if a is not type(None)) if is_optional else annotation
+    meta = definition.metadata
+    if meta["choices"]:
+        kind = "choice"
+    elif meta["sha256"]:
+        kind = "sha256"
+    else:
+        kind = {int: "int", float: "float", bool: "bool", str: "str", list[str]: "str_list"}[base]
+    return Rule(kind, is_optional if nullable is None else nullable, choices=meta["choices"], **meta["bounds"])
+
+
+def doc(definition: Field) -> str:
+    return definition.metadata["doc"]
+
+
+def default(definition: Field):
+    return definition.default_factory() if definition.default is MISSING else definition.default
+
+
+def check_value(definition: Field, section: str, value) -> None:
+    """Raise ConfigError naming `section.field`, the value and the rule, unless the rule accepts it."""
+    expected = rule(definition)
+    if not expected.accepts(value):
+        raise ConfigError(f"{section}.{definition.name} = {value!r} is invalid; it must be {expected.describe()}")
+
+
+def check_fields(instance, section: str) -> None:
+    """check_value for every field of a settings dataclass, in order."""
+    for definition in fields(instance):
+        check_value(definition, section, getattr(instance, definition.name))
