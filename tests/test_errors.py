@@ -1,0 +1,79 @@
+"""One error policy: a GptcoreError is one line and exit 1 in the stages and the CLI; anything else is a
+bug and keeps its traceback."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gptcore.cli import build_parser, main
+from gptcore.errors import ConfigError, GptcoreError
+from gptcore.settings import default
+from gptcore.settings.generate import GenerateConfig
+from gptcore.stage import run_stage
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def offline_env(tmp_path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("GPTCORE_MIRROR", "TIKTOKEN_CACHE_DIR")}
+    return env | {"TIKTOKEN_CACHE_DIR": str(tmp_path / "empty"), "HTTPS_PROXY": "http://127.0.0.1:9",
+                  "HTTP_PROXY": "http://127.0.0.1:9"}
+
+
+def test_the_same_failure_is_one_line_in_a_stage_and_in_the_cli(tmp_path):
+    """The tokenizer without its vocabulary and without network: a DownloadError, reported alike."""
+    (tmp_path / "prepared").mkdir()
+    for split in ("train", "val"):
+        (tmp_path / "prepared" / f"{split}.txt").write_text("some text\n")
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    stage = subprocess.run([sys.executable, str(REPO / "stages" / "tokenize_text.py"), "--params", "params.yaml",
+                            "--prepared", "prepared", "--out", "tokens"], cwd=tmp_path, env=offline_env(tmp_path),
+                           capture_output=True, text=True, timeout=120)
+    cli = subprocess.run([sys.executable, "-m", "gptcore.cli", "generate", "Hi", "--model", "gpt2-nonexistent"],
+                         cwd=tmp_path, env=offline_env(tmp_path), capture_output=True, text=True, timeout=120)
+    for result in (stage, cli):
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert stage.stderr.startswith("error: cannot load the GPT-2 BPE vocabulary")
+    assert "TIKTOKEN_CACHE_DIR" in stage.stderr and "GPTCORE_MIRROR" in stage.stderr
+    assert cli.stderr.startswith("gptcore generate: error: gpt2-nonexistent holds no gptcore model")
+
+
+def test_a_bug_keeps_its_traceback(capsys):
+    def buggy():
+        raise KeyError("a bug")
+
+    def user_error():
+        raise ConfigError("train.x = 1 is invalid")
+
+    with pytest.raises(KeyError):
+        run_stage(buggy)
+    with pytest.raises(SystemExit) as stopped:
+        run_stage(user_error)
+    assert stopped.value.code == 1 and capsys.readouterr().err == "error: train.x = 1 is invalid\n"
+
+
+def test_every_user_error_class_is_a_gptcore_error():
+    from gptcore.checkpoint import CheckpointError
+    from gptcore.corpus import CorpusError
+    from gptcore.datasets import SplitTooShortError
+    from gptcore.hf import HfFormatError
+    from gptcore.lfs import LfsFormatError
+    from gptcore.params import ParamsError
+    from gptcore.tracking import TrackingUnavailable
+    from gptcore.trainer import NonFiniteLossError, TrainingInterrupted
+
+    for error in (CheckpointError, CorpusError, SplitTooShortError, HfFormatError, LfsFormatError, ParamsError,
+                  TrackingUnavailable, NonFiniteLossError, TrainingInterrupted):
+        assert issubclass(error, GptcoreError), error
+
+
+def test_cli_generate_defaults_are_the_generate_section():
+    args = build_parser().parse_args(["generate", "Hi"])
+    for name, definition in GenerateConfig.__dataclass_fields__.items():
+        if hasattr(args, name):
+            assert getattr(args, name) == default(definition), name
+    assert main(["generate", "Hi", "--top-k", "null", "--top-p", "none", "--model", "/nonexistent"]) == 1
