@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 FILES = ("metrics/train.json", "metrics/eval.json")
+SPEEDS = ("metrics/train_speed.json", "metrics/eval_speed.json")  # DVC outputs, not committed: printed only
 EXACT = ("steps", "tokens_seen", "parameters")
 LOSSES = ("train_loss", "val_loss", "train_perplexity", "val_perplexity")
 RELATIVE_TOLERANCE = {"fp32": 1e-5, "bf16": 1e-2}
@@ -80,6 +81,9 @@ def compare() -> int:
             failures += not ok
             print(f"{'ok  ' if ok else 'FAIL'} {path} {key}: committed {value:.6g}, reproduced {fresh:.6g} "
                   f"({rule}, {abs(fresh - value) / abs(value or 1):.2e} apart)")
+    for path in SPEEDS:
+        if Path(path).is_file():
+            print(f"     {path}: {json.loads(Path(path).read_text())} (machine speed and load: not compared)")
     return 1 if failures else 0
 
 

@@ -8,6 +8,7 @@ which need no torch.)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -40,13 +41,20 @@ def checkpoint_folder(params: Params, tokens_dir: Path) -> Path:
     return repo_root() / "checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def start_or_resume_run(params: Params, checkpoint_dir: Path) -> Tracker:
-    """Reattach to the MLflow run of an interrupted training run, or start the pipeline's run."""
+def start_or_resume_run(params: Params, checkpoint_dir: Path, tokens_dir: Path) -> Tracker:
+    """Reattach to the MLflow run of an interrupted training run, or start the pipeline's run with the
+    corpus as its dataset input."""
     if latest_checkpoint(checkpoint_dir) is not None and (checkpoint_dir / RUN_FILE).is_file():
         return Tracker.attach(params.tracking, checkpoint_dir, {}, "train")
     tracker = Tracker.start(params.tracking, name=f"{params.model.preset}-{time.strftime('%Y%m%d-%H%M%S')}",
                             tags={"model_preset": params.model.preset},
                             params={k: params.values[k] for k in ("data", "model", "train", "tracking")})
+    meta = json.loads((tokens_dir / "meta.json").read_text())
+    splits = meta["splits"]
+    digest = hashlib.sha256("".join(splits[split]["sha256"] for split in ("train", "val")).encode()).hexdigest()
+    tracker.log_dataset(Path(params.data.source.rstrip("/")).name or params.data.source, digest, params.data.source,
+                        {"tokenizer": meta["tokenizer"], "source_sha256": params.data.sha256,
+                         **{f"{split}_tokens": splits[split]["tokens"] for split in ("train", "val")}})
     tracker.write_run_file(checkpoint_dir)
     return tracker
 
@@ -58,62 +66,73 @@ def stage_run(params: Params, model_dir: Path, section: str) -> Tracker | None:
     return Tracker.attach(params.tracking, model_dir, {section: params.values[section]}, section)
 
 
-def train(params: Params, *, tokens_dir: Path, model_dir: Path, metrics_file: Path, plots_dir: Path) -> dict | None:
-    """Train (resuming an interrupted run) and write the model, metrics and plots; the metrics (None in
-    the processes other than rank 0 under DDP)."""
+def train(params: Params, *, tokens_dir: Path, model_dir: Path, metrics_file: Path, speed_file: Path,
+          plots_dir: Path) -> dict | None:
+    """Train (resuming an interrupted run) and write the model, metrics (what compares across runs), speed
+    and plots; log and register the model. The metrics and speed (None in the processes other than rank
+    0 under DDP)."""
     with distributed.process_group(params.train.device):
         ranks = distributed.current()
         checkpoint_dir = checkpoint_folder(params, tokens_dir)
         torch.manual_seed(params.train.seed)
         model = initialize_model(params.model_config, params.model.init_from)
-        tracker = start_or_resume_run(params, checkpoint_dir) if params.tracking.enabled and ranks.is_main else None
+        tracker = start_or_resume_run(params, checkpoint_dir, tokens_dir) \
+            if params.tracking.enabled and ranks.is_main else None
         callbacks = [PrintProgress()] + ([TrackingCallback(tracker, params.tracking.log_every)] if tracker else [])
         trainer = Trainer(model, params.train, load_tokens(tokens_dir / "train.bin"),
                           load_tokens(tokens_dir / "val.bin"), tokenizer=Tokenizer(), checkpoint_dir=checkpoint_dir,
                           callbacks=callbacks)
+        if tracker:  # what the numbers were made on, known from the start of the run
+            tracker.set_tags({f"runtime.{k}": v for k, v in trainer.runtime.describe().items()})
         if trainer.resume() and ranks.is_main:
             print(f"resuming from step {trainer.step} ({checkpoint_dir})")
         started = time.perf_counter()
-        history = trainer.fit()
+        with tracker.system_metrics(params.tracking.system_metrics_seconds) if tracker else contextlib.nullcontext():
+            history = trainer.fit()
     if not ranks.is_main:
         return None
     steps, last_eval = history["steps"], history["evals"][-1]
     metrics = {"train_loss": last_eval["train_loss"], "val_loss": last_eval["val_loss"],
-               "steps": trainer.step, "tokens_seen": trainer.tokens_seen,
-               "tokens_per_second": sum(s["tokens_per_second"] for s in steps) / len(steps),
-               "parameters": model.num_parameters(),
-               "wall_seconds_this_session": time.perf_counter() - started,
+               "steps": trainer.step, "tokens_seen": trainer.tokens_seen, "parameters": model.num_parameters(),
                "runtime": trainer.runtime.describe()}
+    speed = {"tokens_per_second": sum(s["tokens_per_second"] for s in steps) / len(steps),
+             "wall_seconds_this_session": time.perf_counter() - started}
     save_model(model, model_dir)
     write_plot_data(history, plots_dir)
     pictures = draw_plots(history, plots_dir)
     atomic_write_text(metrics_file, json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(speed_file, json.dumps(speed, indent=2) + "\n")
     if tracker:
-        tracker.write_run_file(model_dir)
-        tracker.log_metrics({f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
-                            trainer.step)
-        tracker.set_tags({f"runtime.{k}": v for k, v in metrics["runtime"].items()})
+        tracker.write_run_file(model_dir, step=trainer.step)
+        tracker.log_metrics({f"train/mean_{k}" if k == "tokens_per_second" else f"train/{k}": v
+                             for k, v in speed.items()}, trainer.step)
         for picture in pictures:
             tracker.log_artifact(picture, "plots")
+        version = tracker.log_model(model_dir, params.tracking.registered_model, params.generate.prompts[0])
+        if version:
+            print(f"registered model {params.tracking.registered_model!r} version {version}")
         tracker.finish()
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
-    return metrics
+    return metrics | speed
 
 
-def evaluate(params: Params, *, model_dir: Path, tokens_dir: Path, metrics_file: Path) -> dict:
-    """Loss and perplexity of the trained model on every window of both splits -> metrics_file."""
+def evaluate(params: Params, *, model_dir: Path, tokens_dir: Path, metrics_file: Path, speed_file: Path) -> dict:
+    """Loss and perplexity of the trained model on every window of both splits -> metrics_file (and the
+    evaluation's tokens/s -> speed_file); logged as evaluate/* at the training run's last step."""
     tracker = stage_run(params, model_dir, "evaluate")
     settings = params.evaluate
     runtime = setup_runtime(settings.device, settings.precision)
     model = load_model(model_dir).to(runtime.device)
-    metrics = evaluate_splits(model, tokens_dir, batch_size=settings.batch_size, max_batches=settings.max_batches,
-                              runtime=runtime)
-    metrics["runtime"] = runtime.describe()
+    measured = evaluate_splits(model, tokens_dir, batch_size=settings.batch_size,
+                               max_batches=settings.max_batches, runtime=runtime)
+    speed = {"tokens_per_second": measured.pop("tokens_per_second")}
+    metrics = measured | {"runtime": runtime.describe()}
     atomic_write_text(metrics_file, json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(speed_file, json.dumps(speed, indent=2) + "\n")
     if tracker:
-        tracker.log_metrics({f"eval_{k}": v for k, v in metrics.items() if k != "runtime"})
+        tracker.log_metrics({f"evaluate/{k}": v for k, v in (measured | speed).items()}, tracker.last_step)
         tracker.finish()
-    return metrics
+    return metrics | speed
 
 
 def sample_name(index: int, prompt: str) -> str:

@@ -8,23 +8,28 @@ from pathlib import Path
 
 from .atomic import atomic_path, atomic_write_text
 
-STEP_COLUMNS = ("step", "epoch", "tokens_seen", "train_loss", "lr", "grad_norm")
-EVAL_COLUMNS = ("step", "tokens_seen", "train_loss", "val_loss")
+# The curves of a run: <file>.csv's columns (after `step`) -> the history record key they hold. MLflow
+# logs column c of file f as the metric "f/c" (train/loss, eval/val_loss), so the CSV files, dvc.yaml's
+# plots and the MLflow UI use one set of names.
+CURVES = {"train": {"epoch": "epoch", "tokens_seen": "tokens_seen", "loss": "train_loss", "lr": "lr",
+                    "grad_norm": "grad_norm"},
+          "eval": {"tokens_seen": "tokens_seen", "train_loss": "train_loss", "val_loss": "val_loss"}}
+HISTORY = {"train": "steps", "eval": "evals"}
 
 
-def to_csv(rows: list[dict], columns) -> str:
+def to_csv(rows: list[dict], columns: dict) -> str:
+    """rows as CSV with a `step` column, then each column's record key under the column's name."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["step", *columns])
+    writer.writerows([row["step"], *(row[key] for key in columns.values())] for row in rows)
     return buffer.getvalue()
 
 
 def write_plot_data(history: dict, folder) -> None:
-    """folder/steps.csv (per step: loss, LR, grad norm) and folder/evals.csv (train/val loss per evaluation)."""
-    folder = Path(folder)
-    atomic_write_text(folder / "steps.csv", to_csv(history["steps"], STEP_COLUMNS))
-    atomic_write_text(folder / "evals.csv", to_csv(history["evals"], EVAL_COLUMNS))
+    """folder/train.csv (per step: loss, LR, grad norm) and folder/eval.csv (train/val loss per evaluation)."""
+    for name, columns in CURVES.items():
+        atomic_write_text(Path(folder) / f"{name}.csv", to_csv(history[HISTORY[name]], columns))
 
 
 def draw_plots(history: dict, folder) -> list[Path]:

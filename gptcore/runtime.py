@@ -87,13 +87,22 @@ class Runtime:
     def describe(self) -> dict:
         """What produced a run's numbers: enough to tell whether another machine can reproduce them."""
         description = {"precision": self.precision, "device": self.device.type, "torch": torch.__version__,
-                       "threads": self.threads, "processes": self.processes}
+                       "gptcore": gptcore_version(), "threads": self.threads, "processes": self.processes}
         if self.device.type == "cuda":
             description["gpu"] = torch.cuda.get_device_name(self.device)
         description["cpu"] = cpu_model()
         description["avx512_bf16"] = torch.cpu._is_avx512_bf16_supported()
         description["amx_tile"] = torch.cpu._is_amx_tile_supported()
         return description
+
+
+def gptcore_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gptcore")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
 
 
 def setup_runtime(device: str = "auto", precision: str = "auto", threads: int | None = None, *,

@@ -1,11 +1,15 @@
 """MLflow tracking: the embedded store under <repo>/mlruns, one run per pipeline execution, batched logging.
 
-The train stage creates the run and records its id next to the model (models/mlflow_run.json); the
-evaluate and generate stages add to that run, so one `dvc repro` or `dvc exp run` is one MLflow run.
+The train stage creates the run and records its id and last step next to the model
+(models/mlflow_run.json); the evaluate and generate stages add to that run, so one `dvc repro` or
+`dvc exp run` is one MLflow run. Metric names are grouped as the MLflow UI and `dvc plots` group them:
+train/* per step, eval/* at each periodic evaluation, evaluate/* for the evaluate stage's full splits
+(at the last training step), system/* for the machine's use.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -13,10 +17,22 @@ import time
 from pathlib import Path
 
 from .callbacks import TrainerCallback
+from .plots import CURVES
+from .settings import rule
+from .settings.generate import GenerateConfig
 from .errors import GptcoreError
 from .settings.tracking import TrackingConfig
 
 RUN_FILE = "mlflow_run.json"
+# MLflow 3 opens an experiment without this tag in its GenAI view (traces, judges); this value is the
+# UI's "Model training" kind
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# per-step metrics: the curves of plots/train.csv and plots/eval.csv under "<file>/<column>", plus speed
+STEP_METRICS = {f"train/{column}": key for column, key in CURVES["train"].items()} | \
+    {"train/tokens_per_second": "tokens_per_second"}
+EVAL_METRICS = {f"eval/{column}": key for column, key in CURVES["eval"].items() if column != "tokens_seen"}
+# the generate settings the logged pyfunc model takes as inference params
+MODEL_PARAMS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop_at_eos")
 
 
 class TrackingUnavailable(GptcoreError):
@@ -71,8 +87,9 @@ def as_metrics(values: dict, step: int) -> list:
 class Tracker:
     """A handle on one MLflow run; every write goes through MlflowClient in batches."""
 
-    def __init__(self, client, run_id: str):
-        self.client, self.run_id = client, run_id
+    def __init__(self, client, uri: str, run_id: str, last_step: int = 0):
+        self.client, self.uri, self.run_id = client, uri, run_id
+        self.last_step = last_step  # of the training run, where later stages log their summary metrics
 
     @classmethod
     def connect(cls, tracking: TrackingConfig):
@@ -100,24 +117,30 @@ class Tracker:
                 print(f"warning: MLflow server {uri} unreachable; logging to the local store {local_uri}")
                 uri = None
         if not uri:
-            client = MlflowClient(local_uri)
+            uri = local_uri
+            client = MlflowClient(uri)
         experiment = client.get_experiment_by_name(tracking.experiment)
         if experiment is None:
             experiment_id = client.create_experiment(
-                tracking.experiment, artifact_location=None if uri else f"{artifact_root}/{tracking.experiment}")
+                tracking.experiment,
+                artifact_location=f"{artifact_root}/{tracking.experiment}" if uri == local_uri else None,
+                tags=EXPERIMENT_KIND)
         else:
             experiment_id = experiment.experiment_id
-        return client, experiment_id, root
+            for key, value in EXPERIMENT_KIND.items():
+                if experiment.tags.get(key) != value:  # made by an earlier gptcore
+                    client.set_experiment_tag(experiment_id, key, value)
+        return client, uri, experiment_id, root
 
     @classmethod
     def start(cls, tracking: TrackingConfig, name: str, tags: dict, params: dict) -> "Tracker":
         from mlflow.entities import Param
 
-        client, experiment_id, root = cls.connect(tracking)
+        client, uri, experiment_id, root = cls.connect(tracking)
         experiment_name = os.environ.get("DVC_EXP_NAME")
         tags = {"git_commit": git_commit(root), "dvc_experiment": experiment_name or "", **tags}
         run = client.create_run(experiment_id, run_name=experiment_name or name, tags=tags)
-        tracker = cls(client, run.info.run_id)
+        tracker = cls(client, uri, run.info.run_id)
         items = [Param(k, v[:6000]) for k, v in flatten(params).items()]
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             client.log_batch(tracker.run_id, params=items[start:start + 100])
@@ -126,21 +149,22 @@ class Tracker:
     @classmethod
     def attach(cls, tracking: TrackingConfig, model_dir, params: dict, stage: str) -> "Tracker":
         """Continue the run that trained the model in model_dir; a new one if it is gone or params clash."""
-        client, experiment_id, _ = cls.connect(tracking)
+        client, uri, experiment_id, _ = cls.connect(tracking)
         run_file = Path(model_dir) / RUN_FILE
-        run_id = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else None
+        recorded = json.loads(run_file.read_text()) if run_file.is_file() else {}
+        run_id = recorded.get("run_id")
         flat = flatten(params)
         try:
             logged = client.get_run(run_id).data.params if run_id else None
         except Exception:  # the run is not in this store (another tracking URI, a deleted run)
             logged = None
         if logged is not None and all(logged.get(k, v) == v for k, v in flat.items()):
-            tracker = cls(client, run_id)
+            tracker = cls(client, uri, run_id, recorded.get("step", 0))
             client.update_run(run_id, status="RUNNING")
         else:
             name = os.environ.get("DVC_EXP_NAME") or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
             run = client.create_run(experiment_id, run_name=name, tags={"model_run_id": run_id or ""})
-            tracker = cls(client, run.info.run_id)
+            tracker = cls(client, uri, run.info.run_id)
         from mlflow.entities import Param
 
         new = [Param(k, v) for k, v in flat.items() if logged is None or k not in logged]
@@ -162,10 +186,65 @@ class Tracker:
     def log_artifact(self, path, artifact_path: str | None = None):
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def write_run_file(self, folder):
+    def log_dataset(self, name: str, digest: str, source: str, profile: dict, context: str = "training"):
+        """The corpus as a dataset input of the run: where it came from, its sha256, its token counts."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        source_type = "http" if source.startswith(("http://", "https://")) else "local"
+        dataset = Dataset(name=name, digest=digest[:36], source_type=source_type,
+                          source=json.dumps({"uri" if source_type == "http" else "path": source}),
+                          profile=json.dumps(profile))
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+
+    @contextlib.contextmanager
+    def system_metrics(self, seconds: int | None):
+        """Sample CPU, memory (and GPU) use every `seconds` as system/* metrics while the block runs."""
+        if seconds is None:
+            yield
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=seconds,
+                                       tracking_uri=self.uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+
+    def log_model(self, model_dir, registered_name: str | None, example_prompt: str) -> str | None:
+        """model_dir as the run's MLflow model `model`, from code (gptcore/pyfunc_model.py, with the gptcore
+        package as its code path) and the safetensors folder as its artifact, with a signature (prompts and
+        sampler params in, text out) and an input example; registered under registered_name. Returns the
+        registered version (None when not registered)."""
+        import mlflow
+        import pandas as pd
+        from mlflow.models import ModelSignature
+        from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+        package = Path(__file__).resolve().parent
+        defaults = GenerateConfig()
+        kinds = {"int": "long", "float": "double", "bool": "boolean"}
+        params = ParamSchema([ParamSpec(name, kinds[rule(GenerateConfig.__dataclass_fields__[name]).kind],
+                                        getattr(defaults, name)) for name in MODEL_PARAMS])
+        signature = ModelSignature(inputs=Schema([ColSpec("string", "prompt")]),
+                                   outputs=Schema([ColSpec("string", "text")]), params=params)
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        with mlflow.start_run(run_id=self.run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(package / "pyfunc_model.py"), code_paths=[str(package)],
+                artifacts={"model": str(model_dir)}, signature=signature,
+                input_example=(pd.DataFrame({"prompt": [example_prompt]}), {"max_new_tokens": 5}),
+                pip_requirements=["torch", "tiktoken", "safetensors", "pandas", "mlflow"],
+                registered_model_name=registered_name)
+        return None if info.registered_model_version is None else str(info.registered_model_version)
+
+    def write_run_file(self, folder, step: int | None = None):
         from .atomic import atomic_write_text
 
-        atomic_write_text(Path(folder) / RUN_FILE, json.dumps({"run_id": self.run_id}))
+        self.last_step = self.last_step if step is None else step
+        atomic_write_text(Path(folder) / RUN_FILE, json.dumps({"run_id": self.run_id, "step": self.last_step}))
 
     def finish(self, status: str = "FINISHED"):
         self.client.set_terminated(self.run_id, status)
@@ -174,20 +253,17 @@ class Tracker:
 class TrackingCallback(TrainerCallback):
     """Buffers per-step metrics and sends them in one batch every log_every steps (and at evaluations)."""
 
-    STEP_KEYS = ("train_loss", "lr", "grad_norm", "tokens_seen", "tokens_per_second", "epoch")
-
     def __init__(self, tracker: Tracker, log_every: int = 10):
         self.tracker, self.log_every = tracker, log_every
         self.pending = []
 
     def on_step(self, record: dict):
-        self.pending += as_metrics({key: record[key] for key in self.STEP_KEYS}, record["step"])
+        self.pending += as_metrics({name: record[key] for name, key in STEP_METRICS.items()}, record["step"])
         if record["step"] % self.log_every == 0:
             self.flush()
 
     def on_eval(self, record: dict):
-        self.pending += as_metrics({"val_loss": record["val_loss"], "eval_train_loss": record["train_loss"]},
-                                   record["step"])
+        self.pending += as_metrics({name: record[key] for name, key in EVAL_METRICS.items()}, record["step"])
         self.flush()
 
     def on_sample(self, record: dict):

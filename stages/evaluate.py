@@ -1,12 +1,13 @@
-"""Stage evaluate: <models> + <tokens> -> <metrics> (eval.json: loss and perplexity of each split)."""
+"""Stage evaluate: <models> + <tokens> -> <metrics> (eval.json: loss and perplexity of each split), <speed>."""
 
 from gptcore import pipeline
 from gptcore.stage import run_stage, stage_arguments
 
 
 def main() -> None:
-    args, params = stage_arguments(__doc__, "models", "tokens", "metrics")
-    metrics = pipeline.evaluate(params, model_dir=args.models, tokens_dir=args.tokens, metrics_file=args.metrics)
+    args, params = stage_arguments(__doc__, "models", "tokens", "metrics", "speed")
+    metrics = pipeline.evaluate(params, model_dir=args.models, tokens_dir=args.tokens, metrics_file=args.metrics,
+                                speed_file=args.speed)
     print(f"train loss {metrics['train_loss']:.3f} (perplexity {metrics['train_perplexity']:.1f}), validation "
           f"loss {metrics['val_loss']:.3f} (perplexity {metrics['val_perplexity']:.1f})")
 

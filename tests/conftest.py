@@ -1,4 +1,7 @@
 import os
+import shutil
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -47,6 +50,46 @@ def native_bf16() -> bool:
 # bf16 on a CPU without AVX512-BF16 or AMX is emulated, ~100x slower than fp32: tests of bf16 at any size
 # run only where it is native
 needs_native_bf16 = pytest.mark.skipif(not native_bf16(), reason="bf16 is emulated on this CPU (no AVX512-BF16/AMX)")
+
+
+def run(args, cwd, **kwargs) -> str:
+    """Run a command of the end-to-end tests; its stdout, or a failure showing both streams."""
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=900, **kwargs)
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def make_project(root: Path) -> Path:
+    """A git + DVC copy of the tracked project files in root, switched to the tiny preset for speed."""
+    from gptcore.params import read_yaml, render, validate
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    for name in tracked:
+        if (REPO / name).is_file() and not name.startswith(("metrics/", "plots/")):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    (root / "dvc.lock").unlink(missing_ok=True)
+    values = validate(read_yaml(root / "params.yaml")).values
+    values["model"].update(preset="tiny", context_length=32)
+    values["train"].update(epochs=2, eval_freq=20, checkpoint_every=40, sample_tokens=5, warmup_steps=5)
+    values["generate"]["max_new_tokens"] = 8
+    (root / "params.yaml").write_text(render(values))
+    run(["git", "init", "-q"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], root)
+    return root
+
+
+def mlflow_client(root: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ spec.loader.exec_module(compare_metrics)
 
 def metrics(precision: str, train_loss: float, steps: int = 90) -> dict:
     runtime = {"precision": precision, "device": "cpu", "cpu": "Some CPU", "threads": 2}
-    return {"metrics/train.json": {"train_loss": train_loss, "steps": steps, "tokens_per_second": 99.0,
+    return {"metrics/train.json": {"train_loss": train_loss, "steps": steps,
                                    "runtime": runtime},
             "metrics/eval.json": {"val_loss": 6.0, "val_perplexity": 403.4, "runtime": runtime}}
 

@@ -43,7 +43,7 @@ def train_stage(run_dir: Path, tokens: Path, nproc: int, batch_size: int, grad_a
     (run_dir / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**(env or os.environ), "DVC_ROOT": str(run_dir)}  # resume checkpoints go to <DVC_ROOT>/checkpoints
     return subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "--params", "params.yaml",
-                           "--tokens", str(tokens), "--models", "models", "--metrics", "train.json",
+                           "--tokens", str(tokens), "--models", "models", "--metrics", "train.json", "--speed", "speed.json",
                            "--plots", "plots"], cwd=run_dir, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -59,19 +59,19 @@ def test_two_processes_match_one_with_twice_the_batch_and_resume_exactly(tmp_pat
     assert ddp.returncode == 0, ddp.stderr
     assert ddp.stdout.count("trained 8 steps") == 1  # rank 0 alone reports
 
-    for split in ("steps", "evals"):
-        for name in ("train_loss", "val_loss") if split == "evals" else ("train_loss", "grad_norm"):
-            expected = column(tmp_path / "single" / "plots" / f"{split}.csv", name)
-            assert column(tmp_path / "ddp" / "plots" / f"{split}.csv", name) == pytest.approx(expected, abs=1e-5)
-    tokens_seen = column(tmp_path / "ddp" / "plots" / "steps.csv", "tokens_seen")
+    for curves in ("train", "eval"):
+        for name in ("train_loss", "val_loss") if curves == "eval" else ("loss", "grad_norm"):
+            expected = column(tmp_path / "single" / "plots" / f"{curves}.csv", name)
+            assert column(tmp_path / "ddp" / "plots" / f"{curves}.csv", name) == pytest.approx(expected, abs=1e-5)
+    tokens_seen = column(tmp_path / "ddp" / "plots" / "train.csv", "tokens_seen")
     assert tokens_seen[-1] == 8 * 2 * 2 * 32  # global: steps x processes x batch x context
 
     # 2 processes x 2 accumulated micro-batches of 1 (gradients exchanged once per step, no_sync before)
     accumulated = train_stage(tmp_path / "accumulated", tokens, nproc=2, batch_size=1, grad_accum_steps=2)
     assert accumulated.returncode == 0, accumulated.stderr
-    for name in ("train_loss", "grad_norm"):
-        assert column(tmp_path / "accumulated" / "plots" / "steps.csv", name) == pytest.approx(
-            column(tmp_path / "single" / "plots" / "steps.csv", name), abs=1e-5)
+    for name in ("loss", "grad_norm"):
+        assert column(tmp_path / "accumulated" / "plots" / "train.csv", name) == pytest.approx(
+            column(tmp_path / "single" / "plots" / "train.csv", name), abs=1e-5)
 
     # SIGTERM to the stage (as DVC or a scheduler would send it) during step 5, raised from rank 1: the
     # stage passes it to torchrun, torchrun to both workers; they stop at the same step, rank 0 saves

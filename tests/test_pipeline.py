@@ -12,46 +12,18 @@ import pytest
 import torch
 import yaml
 
-from gptcore.params import read_yaml, yaml_1_2
+from conftest import make_project, mlflow_client, run
 from gptcore.machine import cpu_model
+from gptcore.params import yaml_1_2
 from gptcore.runtime import resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def run(args, cwd, **kwargs):
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=900, **kwargs)
-    assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, shared_dir):
-    """A git + DVC copy of the tracked project files, switched to the tiny preset for speed."""
-    root = tmp_path_factory.mktemp("project")
-    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
-    for name in tracked:
-        if (REPO / name).is_file() and not name.startswith(("metrics/", "plots/")):
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
-    (root / "dvc.lock").unlink(missing_ok=True)
-    params = read_yaml(root / "params.yaml")
-    params["model"].update(preset="tiny", context_length=32)
-    params["train"].update(epochs=2, eval_freq=20, checkpoint_every=40, sample_tokens=5, warmup_steps=5)
-    params["generate"]["max_new_tokens"] = 8
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], root)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "init", "--allow-empty"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], root)
-    return root
-
-
-def mlflow_client(root):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    return make_project(tmp_path_factory.mktemp("project"))
 
 
 def test_repro_runs_every_stage_and_tracks_one_run(project):
@@ -78,9 +50,22 @@ def test_repro_runs_every_stage_and_tracks_one_run(project):
     (mlrun,) = client.search_runs([experiment.experiment_id])
     assert mlrun.data.params["train.peak_lr"] == "0.0005" and mlrun.data.params["generate.max_new_tokens"] == "8"
     assert mlrun.data.tags["model_preset"] == "tiny" and len(mlrun.data.tags["git_commit"]) == 40
-    assert "eval_val_loss" in mlrun.data.metrics and mlrun.data.tags["runtime.precision"] == auto
-    history = client.get_metric_history(mlrun.info.run_id, "train_loss")
+    assert mlrun.data.tags["runtime.precision"] == auto and mlrun.data.tags["runtime.gptcore"]
+    history = client.get_metric_history(mlrun.info.run_id, "train/loss")
     assert [m.step for m in history] == list(range(1, train_metrics["steps"] + 1))
+    # the evaluate stage's full-split values sit at the last training step, beside the last evaluation's
+    assert [m.step for m in client.get_metric_history(mlrun.info.run_id, "evaluate/val_loss")] == \
+        [train_metrics["steps"]]
+    assert mlrun.data.metrics["evaluate/val_loss"] == eval_metrics["val_loss"]
+    assert {"train/lr", "train/grad_norm", "train/tokens_per_second", "eval/train_loss", "eval/val_loss",
+            "system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(mlrun.data.metrics)
+    (dataset,) = mlrun.inputs.dataset_inputs
+    assert dataset.dataset.name == "the-verdict.txt" and json.loads(dataset.dataset.profile)["train_tokens"] == 4612
+    experiment_kind = client.get_experiment(experiment.experiment_id).tags["mlflow.experimentKind"]
+    assert experiment_kind == "custom_model_development"  # the UI opens it as model training
+    # metrics files hold what compares across runs; speeds are DVC outputs beside them (and in MLflow)
+    assert "tokens_per_second" not in train_metrics and "tokens_per_second" not in eval_metrics
+    assert json.loads((project / "metrics" / "train_speed.json").read_text())["tokens_per_second"] > 0
     artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id)}
     assert {"plots", "samples", "training_samples"} <= artifacts
 
@@ -127,8 +112,8 @@ def test_fine_tunes_from_a_locally_saved_hugging_face_folder(project, tmp_path):
     run(["gptcore", "export-hf", "models", str(tmp_path / "export")], project)
     hf_folder = tmp_path / "hf-gpt2-tiny"
     transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "export").save_pretrained(hf_folder)
-    with open(project / "plots" / "steps.csv") as handle:
-        scratch_first_loss = float(next(csv.DictReader(handle))["train_loss"])
+    with open(project / "plots" / "train.csv") as handle:
+        scratch_first_loss = float(next(csv.DictReader(handle))["loss"])
     params_file = project / "params.yaml"
     original = params_file.read_text()
     params = yaml_1_2().load(original)
@@ -142,8 +127,8 @@ def test_fine_tunes_from_a_locally_saved_hugging_face_folder(project, tmp_path):
         params["model"]["qkv_bias"] = True
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         run(["dvc", "repro"], project)
-        with open(project / "plots" / "steps.csv") as handle:
-            tuned_first_loss = float(next(csv.DictReader(handle))["train_loss"])
+        with open(project / "plots" / "train.csv") as handle:
+            tuned_first_loss = float(next(csv.DictReader(handle))["loss"])
         assert scratch_first_loss > 10 and tuned_first_loss < scratch_first_loss - 2  # it starts trained
         run_id = json.loads((project / "models" / "mlflow_run.json").read_text())["run_id"]
         mlrun = mlflow_client(project).get_run(run_id)
@@ -161,9 +146,9 @@ def test_experiment_is_listed_by_dvc_and_named_in_mlflow(project):
     (experiment,) = [e for e in client.search_experiments() if e.name == "gptcore"]
     (mlrun,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'lr-1e-3'")
     assert mlrun.data.params["train.peak_lr"] == "0.001" and mlrun.data.tags["dvc_experiment"] == "lr-1e-3"
-    for metric in ("train_loss", "lr", "grad_norm", "val_loss"):
+    for metric in ("train/loss", "train/lr", "train/grad_norm", "eval/val_loss"):
         assert len(client.get_metric_history(mlrun.info.run_id, metric)) > 1
-    assert max(m.value for m in client.get_metric_history(mlrun.info.run_id, "lr")) == pytest.approx(1e-3)
+    assert max(m.value for m in client.get_metric_history(mlrun.info.run_id, "train/lr")) == pytest.approx(1e-3)
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], project))  # against HEAD, which has no metrics
     workspace = json.loads((project / "metrics" / "train.json").read_text())
     assert diff["metrics/train.json"]["val_loss"]["new"] == workspace["val_loss"]
@@ -177,4 +162,4 @@ def test_queued_experiments_run_in_a_temp_copy_and_log_to_the_project_store(proj
     (experiment,) = [e for e in client.search_experiments() if e.name == "gptcore"]
     (mlrun,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'queued-seed-7'")
     assert mlrun.data.params["train.seed"] == "7"
-    assert "plots/steps.csv" in run(["dvc", "plots", "diff", "--json"], project)
+    assert "plots/train.csv" in run(["dvc", "plots", "diff", "--json"], project)

@@ -60,7 +60,7 @@ def test_the_train_stage_refuses_nproc_above_the_cores_before_starting_workers(t
     params["train"]["nproc"] = 4096
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "--params", "params.yaml", "--tokens",
-                             "tokens", "--models", "models", "--metrics", "train.json", "--plots", "plots"],
+                             "tokens", "--models", "models", "--metrics", "train.json", "--speed", "speed.json", "--plots", "plots"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [

@@ -1,0 +1,154 @@
+"""The Ops half, end to end on the tiny preset: the registered model loads and serves, an MLflow server
+lists the run, a queued grid runs two at a time into one store, data and models travel through a DVC
+remote."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pandas as pd
+import pytest
+
+from conftest import free_port, make_project, mlflow_client, run
+from gptcore.cli import main
+
+pytestmark = pytest.mark.slow
+PROMPT = "Every effort moves you"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, shared_dir):
+    root = make_project(tmp_path_factory.mktemp("ops"))
+    run(["dvc", "repro"], root)
+    return root
+
+
+def store_env(project) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return env | {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"}
+
+
+def http(url: str, body: dict | None = None, timeout: float = 60):
+    request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read() or b"null") if response.headers.get_content_type() == "application/json" \
+            else response.read().decode()
+
+
+class Server:
+    """A command that serves HTTP on a loopback port, started for a with-block and stopped after it."""
+
+    def __init__(self, command: list[str], port: int, cwd, env):
+        self.command, self.port, self.cwd, self.env = command, port, cwd, env
+
+    def __enter__(self):
+        self.process = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.command} exited:\n{self.process.stdout.read()}")
+            try:
+                http(f"http://127.0.0.1:{self.port}/health", timeout=2)
+                return f"http://127.0.0.1:{self.port}"
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError(f"{self.command} did not answer on port {self.port} within 120 s")
+
+    def __exit__(self, *exc):
+        os.killpg(self.process.pid, 15)
+        self.process.wait(timeout=30)
+        self.process.stdout.close()
+
+
+def cli_text(model_dir, capsys, *options) -> str:
+    capsys.readouterr()
+    assert main(["generate", PROMPT, "--model", str(model_dir), *options]) == 0
+    return capsys.readouterr().out.rstrip("\n")
+
+
+def test_registered_model_loads_and_serves_the_text_of_gptcore_generate(project, capsys, monkeypatch):
+    import mlflow
+
+    client = mlflow_client(project)
+    (version,) = client.search_model_versions("name = 'gptcore'")
+    model_run = client.get_run(version.run_id)
+    assert model_run.data.tags["model_preset"] == "tiny"
+    expected = cli_text(project / "models", capsys, "--max-new-tokens", "8", "--seed", "5")
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_env(project)["MLFLOW_TRACKING_URI"])
+    model = mlflow.pyfunc.load_model(f"models:/gptcore/{version.version}")
+    assert {spec.name for spec in model.metadata.signature.params} >= {"temperature", "top_k", "top_p", "seed"}
+    predicted = model.predict(pd.DataFrame({"prompt": [PROMPT]}), params={"max_new_tokens": 8, "seed": 5})
+    assert predicted["text"].tolist() == [expected]
+
+    port = free_port()
+    serve = ["mlflow", "models", "serve", "-m", "models:/gptcore/latest", "--env-manager", "local",
+             "-h", "127.0.0.1", "-p", str(port)]
+    with Server(serve, port, project, store_env(project)) as url:
+        answer = http(f"{url}/invocations", {"dataframe_records": [{"prompt": PROMPT}],
+                                             "params": {"max_new_tokens": 8, "seed": 5}})
+    assert answer == {"predictions": [{"text": expected}]}
+
+
+def test_an_mlflow_server_lists_the_run_with_its_histories(project):
+    port = free_port()
+    server = ["mlflow", "server", "--backend-store-uri", f"sqlite:///{project / 'mlruns' / 'mlflow.db'}",
+              "--default-artifact-root", (project / "mlruns" / "artifacts").as_uri(), "--host", "127.0.0.1",
+              "--port", str(port), "--workers", "1"]
+    steps = json.loads((project / "metrics" / "train.json").read_text())["steps"]
+    with Server(server, port, project, store_env(project)) as url:
+        api = f"{url}/api/2.0/mlflow"
+        experiment = http(f"{api}/experiments/get-by-name?experiment_name=gptcore")["experiment"]
+        assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in experiment["tags"]
+        (listed,) = http(f"{api}/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+        run_id = listed["info"]["run_id"]
+        for metric, points in (("train/loss", steps), ("train/lr", steps), ("eval/val_loss", steps // 20 + 1)):
+            history = http(f"{api}/metrics/get-history?run_id={run_id}&metric_key={metric}")["metrics"]
+            assert len(history) == points, metric
+
+
+def test_a_queued_grid_runs_two_at_a_time_into_one_store(project):
+    grid = ["-S", "train.peak_lr=choice(3e-4,1e-3)", "-S", "train.seed=range(1,3)", "-S", "train.max_steps=12",
+            "-S", "train.eval_freq=6", "-S", "tracking.registered_model=null"]
+    run(["dvc", "exp", "run", "--queue", *grid], project)
+    run(["dvc", "queue", "start", "-j", "2"], project)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], project)
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert status.count("Success") == 4, status
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project))
+    experiments = [exp for commit in shown for exp in (commit.get("experiments") or [])]
+    assert len(experiments) == 4
+    client = mlflow_client(project)
+    (experiment,) = client.search_experiments(filter_string="name = 'gptcore'")
+    runs = client.search_runs([experiment.experiment_id], "params.`train.max_steps` = '12'")
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert {(r.data.params["train.peak_lr"], r.data.params["train.seed"]) for r in runs} == \
+        {(lr, seed) for lr in ("0.0003", "0.001") for seed in ("1", "2")}
+    for finished in runs:  # every step and the evaluate stage arrived, nothing lost to a locked database
+        assert len(client.get_metric_history(finished.info.run_id, "train/loss")) == 12
+        assert "evaluate/val_loss" in finished.data.metrics
+
+
+def test_data_and_models_travel_through_a_dvc_remote(project, tmp_path, capsys):
+    remote = tmp_path / "remote"
+    run(["dvc", "remote", "add", "-d", "shared", str(remote)], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "trained, with a remote"], project)
+    run(["dvc", "push"], project)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    assert not (clone / "models").exists()
+    run(["dvc", "pull"], clone)
+    for output in ("data/tokens/train.bin", "models/model.safetensors"):
+        assert (clone / output).read_bytes() == (project / output).read_bytes()
+    assert "Running stage" not in run(["dvc", "repro"], clone)  # nothing to retrain
+    assert cli_text(clone / "models", capsys, "--seed", "1") == cli_text(project / "models", capsys, "--seed", "1")
