@@ -184,7 +184,11 @@ def bench_tokenization(corpus: Path, megabytes: int, rows: list):
 
 
 def bench_tracking(rounds: int, step_seconds: float, rows: list):
-    """Cost of the tracking callback per training step (batched MLflow writes), against a step's time."""
+    """Cost of the tracking callback per training step (batched MLflow writes), against a step's time, and
+    of one system-metrics sample (collected and logged), against the default sampling interval."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    from .settings import default
     from .settings.tracking import TrackingConfig
     from .tracking import Tracker, TrackingCallback
 
@@ -199,12 +203,21 @@ def bench_tracking(rounds: int, step_seconds: float, rows: list):
         for step in range(1, steps + 1):
             callback.on_step({**record, "step": step})
         per_step = (time.perf_counter() - started) / steps
+        monitor = SystemMetricsMonitor(tracker.run_id, tracking_uri=tracker.uri)
+        started = time.perf_counter()
+        for _ in range(rounds):
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+        per_sample = (time.perf_counter() - started) / rounds
         if previous is None:
             del os.environ["DVC_ROOT"]
         else:
             os.environ["DVC_ROOT"] = previous
     rows.append({"measure": "mlflow tracking", "impl": "gptcore", "seconds_per_step": per_step,
                  "share_of_step": per_step / step_seconds})
+    interval = default(TrackingConfig.__dataclass_fields__["system_metrics_seconds"])
+    rows.append({"measure": "system metrics", "impl": "gptcore", "seconds_per_sample": per_sample,
+                 "interval_seconds": interval, "share_of_time": per_sample / interval})
 
 
 def peak_memory_mb(device) -> float:
@@ -277,5 +290,9 @@ def format_table(result: dict) -> str:
         if row["measure"] == "mlflow tracking":
             lines.append(f"\nMLflow tracking: {row['seconds_per_step'] * 1000:.2f} ms per step = "
                          f"{row['share_of_step'] * 100:.2f} % of a {result['preset']} training step")
+        if row["measure"] == "system metrics":
+            lines.append(f"\nSystem metrics: {row['seconds_per_sample'] * 1000:.1f} ms per sample = "
+                         f"{row['share_of_time'] * 100:.3f} % of the time at one sample every "
+                         f"{row['interval_seconds']} s")
     lines.append(f"\nPeak memory of the benchmark process: {result['peak_memory_mb']:.0f} MB")
     return "\n".join(lines)

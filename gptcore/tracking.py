@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from filelock import FileLock
+
 from .callbacks import TrainerCallback
 from .plots import CURVES
 from .settings import rule
@@ -116,21 +118,25 @@ class Tracker:
                     ) from None
                 print(f"warning: MLflow server {uri} unreachable; logging to the local store {local_uri}")
                 uri = None
-        if not uri:
-            uri = local_uri
-            client = MlflowClient(uri)
-        experiment = client.get_experiment_by_name(tracking.experiment)
+        if uri:
+            return client, uri, cls.experiment_id(client, tracking.experiment, None), root
+        # Two processes opening a new SQLite store at once (`dvc queue start -j 2` on a fresh project) both
+        # create its tables and both create the experiment, and one of them fails: opening is serialised.
+        with FileLock(root / "mlruns" / "mlflow.db.lock"):
+            client = MlflowClient(local_uri)
+            experiment_id = cls.experiment_id(client, tracking.experiment, f"{artifact_root}/{tracking.experiment}")
+        return client, local_uri, experiment_id, root
+
+    @staticmethod
+    def experiment_id(client, name: str, artifact_location: str | None) -> str:
+        """The experiment's id, created (as model training, see EXPERIMENT_KIND) if it does not exist."""
+        experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            experiment_id = client.create_experiment(
-                tracking.experiment,
-                artifact_location=f"{artifact_root}/{tracking.experiment}" if uri == local_uri else None,
-                tags=EXPERIMENT_KIND)
-        else:
-            experiment_id = experiment.experiment_id
-            for key, value in EXPERIMENT_KIND.items():
-                if experiment.tags.get(key) != value:  # made by an earlier gptcore
-                    client.set_experiment_tag(experiment_id, key, value)
-        return client, uri, experiment_id, root
+            return client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
+        for key, value in EXPERIMENT_KIND.items():
+            if experiment.tags.get(key) != value:  # made by an earlier gptcore
+                client.set_experiment_tag(experiment.experiment_id, key, value)
+        return experiment.experiment_id
 
     @classmethod
     def start(cls, tracking: TrackingConfig, name: str, tags: dict, params: dict) -> "Tracker":

@@ -167,3 +167,17 @@ def test_checkpoint_of_another_process_count_is_refused(checkpoint, tmp_path):
     save_checkpoint(tmp_path, trainer.model, {**state, "step": 3, "rng": state["rng"] * 2})
     with pytest.raises(CheckpointError, match="written by 2 process\\(es\\), this run has 1"):
         trainer.resume()
+
+
+def test_two_processes_open_a_new_tracking_store_at_once(tmp_path):
+    """Without the lock one of them fails creating the SQLite tables (duplicate column) or the experiment."""
+    code = ("import os, sys; os.environ['DVC_ROOT'] = sys.argv[1]; from gptcore.settings.tracking import "
+            "TrackingConfig; from gptcore.tracking import Tracker; Tracker.start(TrackingConfig(), 'x', {}, {})")
+    for attempt in range(3):
+        root = tmp_path / str(attempt)
+        root.mkdir()
+        processes = [subprocess.Popen([sys.executable, "-c", code, str(root)], stderr=subprocess.PIPE, text=True)
+                     for _ in range(2)]
+        for process in processes:
+            assert process.wait(timeout=120) == 0, process.stderr.read()
+            process.stderr.close()

@@ -5,7 +5,6 @@ remote."""
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.request
 
@@ -35,8 +34,9 @@ def http(url: str, body: dict | None = None, timeout: float = 60):
     request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read() or b"null") if response.headers.get_content_type() == "application/json" \
-            else response.read().decode()
+        text = response.read().decode()
+        return json.loads(text) if response.headers.get_content_type() == "application/json" and text.strip() \
+            else text
 
 
 class Server:
@@ -112,7 +112,10 @@ def test_an_mlflow_server_lists_the_run_with_its_histories(project):
             assert len(history) == points, metric
 
 
-def test_a_queued_grid_runs_two_at_a_time_into_one_store(project):
+def test_a_queued_grid_runs_two_at_a_time_into_one_store(tmp_path):
+    """On a fresh project: the two workers also create the MLflow store and experiment at the same time."""
+    (tmp_path / "grid").mkdir()
+    project = make_project(tmp_path / "grid")
     grid = ["-S", "train.peak_lr=choice(3e-4,1e-3)", "-S", "train.seed=range(1,3)", "-S", "train.max_steps=12",
             "-S", "train.eval_freq=6", "-S", "tracking.registered_model=null"]
     run(["dvc", "exp", "run", "--queue", *grid], project)
@@ -133,6 +136,8 @@ def test_a_queued_grid_runs_two_at_a_time_into_one_store(project):
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
     assert {(r.data.params["train.peak_lr"], r.data.params["train.seed"]) for r in runs} == \
         {(lr, seed) for lr in ("0.0003", "0.001") for seed in ("1", "2")}
+    spans = sorted((r.info.start_time, r.info.end_time) for r in runs)
+    assert any(later_start < end for (_, end), (later_start, _) in zip(spans, spans[1:]))  # side by side
     for finished in runs:  # every step and the evaluate stage arrived, nothing lost to a locked database
         assert len(client.get_metric_history(finished.info.run_id, "train/loss")) == 12
         assert "evaluate/val_loss" in finished.data.metrics
