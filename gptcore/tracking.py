@@ -216,6 +216,8 @@ class Tracker:
         try:
             yield
         finally:
+            monitor.collect_metrics()  # a last sample (sent by finish): a run shorter than one interval gets one
+            monitor.publish_metrics(monitor.aggregate_metrics())
             monitor.finish()
 
     def log_model(self, model_dir, registered_name: str | None, example_prompt: str) -> str | None:
