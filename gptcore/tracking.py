@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 from filelock import FileLock
@@ -239,7 +240,9 @@ class Tracker:
                                    outputs=Schema([ColSpec("string", "text")]), params=params)
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
-        with mlflow.start_run(run_id=self.run_id):
+        with mlflow.start_run(run_id=self.run_id), warnings.catch_warnings():
+            # the signature is given: MLflow's advice to infer it from predict's type hints does not apply
+            warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(package / "pyfunc_model.py"), code_paths=[str(package)],
                 artifacts={"model": str(model_dir)}, signature=signature,
