@@ -91,8 +91,9 @@ class EpochSampler(Sampler):
 
 
 def make_dataloader(dataset: Dataset, *, batch_size: int, shuffle: bool, drop_last: bool, seed: int,
-                    split: str = "train", rank: int = 0, world_size: int = 1) -> DataLoader:
-    """A DataLoader with a seeded, resumable order, rank r's shard of it (see EpochSampler)."""
+                    split: str = "train", rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader with a seeded, resumable order, rank r's shard of it (see EpochSampler); pin_memory
+    for a CUDA device, so the copy to it can overlap the step (non_blocking)."""
     global_batch = batch_size * world_size
     n_batches = len(dataset) // global_batch if drop_last or world_size > 1 else -(-len(dataset) // batch_size)
     if n_batches == 0:
@@ -103,21 +104,22 @@ def make_dataloader(dataset: Dataset, *, batch_size: int, shuffle: bool, drop_la
     # its own generator: creating an iterator must not draw from the global RNG (dropout's), or a resumed
     # run would diverge from a straight one
     sampler = EpochSampler(len(dataset), shuffle, seed, batch_size, rank, world_size)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                      drop_last=drop_last, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                      generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory)
 
 
 class RandomWindows:
     """nanoGPT's get_batch: batch_size windows at uniformly random offsets, from a seeded generator.
 
     With several processes each step draws batch_size * world_size offsets and rank r takes slice r.
+    pin_memory returns page-locked tensors, for copies to a CUDA device that overlap the step.
     """
 
     def __init__(self, tokens: np.ndarray, context_length: int, *, batch_size: int, seed: int, split="train",
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, pin_memory: bool = False):
         check_split_length(split, len(tokens), context_length)
         self.tokens, self.context_length, self.batch_size = tokens, context_length, batch_size
-        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.seed, self.rank, self.world_size, self.pin_memory = seed, rank, world_size, pin_memory
 
     def batch(self, step: int):
         """The batch for a given step: a pure function of (seed, step), so resume needs no state."""
@@ -127,4 +129,6 @@ class RandomWindows:
         starts = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
         windows = np.stack([self.tokens[s:s + self.context_length + 1] for s in starts.tolist()])
         windows = torch.from_numpy(windows.astype(np.int64))
+        if self.pin_memory:
+            windows = windows.pin_memory()
         return windows[:, :-1], windows[:, 1:]

@@ -33,7 +33,7 @@ def evaluate_loss(model: GPT, batches, *, num_batches: int | None, runtime: Runt
         if index % ranks.world_size != ranks.rank:
             continue
         with runtime.autocast():
-            _, loss = model(inputs.to(runtime.device), targets.to(runtime.device))
+            _, loss = model(inputs.to(runtime.device, non_blocking=True), targets.to(runtime.device, non_blocking=True))
         total += loss.item()
         count += 1
     model.train(was_training)

@@ -108,10 +108,15 @@ def gptcore_version() -> str:
 def setup_runtime(device: str = "auto", precision: str = "auto", threads: int | None = None, *,
                   local_rank: int | None = None, processes_here: int = 1, processes: int = 1) -> Runtime:
     """Pick the device (a DDP process's own GPU: local_rank), set the CPU threads (the physical cores
-    shared out between the processes_here on this machine, unless given) and resolve the precision."""
+    shared out between the processes_here on this machine, unless given) and resolve the precision.
+    On CUDA, fp32 matmuls and convolutions may use TF32 tensor cores, as nanoGPT sets it (10-bit
+    mantissa products, fp32 accumulation); bf16 and fp16 autocast are unaffected."""
     chosen = pick_device(device)
-    if chosen.type == "cuda" and local_rank is not None:
-        chosen = torch.device("cuda", local_rank)
+    if chosen.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        if local_rank is not None:
+            chosen = torch.device("cuda", local_rank)
     if chosen.type == "cpu":
         threads = set_cpu_threads(threads or max(1, physical_cores() // processes_here))
     else:

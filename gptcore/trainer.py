@@ -72,7 +72,8 @@ def train_step(model, optimizer, micro_batches, *, runtime: Runtime, max_grad_no
         accumulate_only = ddp and index < len(micro_batches) - 1
         with model.no_sync() if accumulate_only else contextlib.nullcontext():
             with runtime.autocast():
-                _, loss = model(inputs.to(runtime.device), targets.to(runtime.device))
+                _, loss = model(inputs.to(runtime.device, non_blocking=True),
+                                targets.to(runtime.device, non_blocking=True))
             scaled = loss / len(micro_batches)
             (scaler.scale(scaled) if scaler else scaled).backward()
         loss_sum += loss.detach()
@@ -107,12 +108,14 @@ class Trainer:
         context = model.config.context_length
         self.train_windows = GPTDataset(train_tokens, context, config.stride or context, "train")
         self.val_windows = GPTDataset(val_tokens, context, context, "validation")
+        self.pin_memory = self.runtime.device.type == "cuda"  # host-to-GPU copies overlap the step
         self.train_loader = make_dataloader(self.train_windows, batch_size=config.batch_size, shuffle=config.shuffle,
                                             drop_last=config.drop_last, seed=config.seed, rank=ranks.rank,
-                                            world_size=ranks.world_size)
+                                            world_size=ranks.world_size, pin_memory=self.pin_memory)
         if config.windows == "random":
             self.random_windows = RandomWindows(train_tokens, context, batch_size=config.batch_size, seed=config.seed,
-                                                rank=ranks.rank, world_size=ranks.world_size)
+                                                rank=ranks.rank, world_size=ranks.world_size,
+                                                pin_memory=self.pin_memory)
         self.steps_per_epoch = len(self.train_loader) // config.grad_accum_steps
         if self.steps_per_epoch == 0 and config.max_steps is None:
             raise ConfigError(f"one epoch gives {len(self.train_loader)} batches, fewer than train.grad_accum_steps "
@@ -186,7 +189,7 @@ class Trainer:
     def _evaluate(self):
         # batches of the global batch size, shared out between the processes by evaluate_loss
         loaders = [make_dataloader(windows, batch_size=self.config.batch_size * self.ranks.world_size, shuffle=False,
-                                   drop_last=False, seed=0, split=split)
+                                   drop_last=False, seed=0, split=split, pin_memory=self.pin_memory)
                    for windows, split in ((self.train_windows, "train"), (self.val_windows, "validation"))]
         train_loss, val_loss = (evaluate_loss(self.model, loader, num_batches=self.config.eval_iter,
                                               runtime=self.runtime) for loader in loaders)
