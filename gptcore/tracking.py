@@ -194,7 +194,8 @@ class Tracker:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_dataset(self, name: str, digest: str, source: str, profile: dict, context: str = "training"):
-        """The corpus as a dataset input of the run: where it came from, its sha256, its token counts."""
+        """The corpus as a dataset input of the run: its name, a digest (of its token files), where it came
+        from and a profile (its sha256, token counts)."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
         source_type = "http" if source.startswith(("http://", "https://")) else "local"
@@ -211,8 +212,7 @@ class Tracker:
             return
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=seconds,
-                                       tracking_uri=self.uri)
+        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=seconds, tracking_uri=self.uri)
         monitor.start()
         try:
             yield
