@@ -40,9 +40,14 @@ def save_model(model: GPT, folder) -> Path:
 
 
 def load_model(source, *, drop_rate: float | None = None, n_heads: int | None = None) -> GPT:
-    """A model saved by save_model (folder), a Hugging Face GPT-2 folder (config.json + model.safetensors)
-    or a file saved by the book's code (model.pth, see gptcore.lfs). drop_rate replaces the saved one;
-    n_heads is the head count of a book file, whose tensors do not hold it."""
+    """OpenAI's weights by official name (gpt2 ... gpt2-xl, from the Hub), a model saved by save_model
+    (folder), a Hugging Face GPT-2 folder (config.json + model.safetensors) or a file saved by the book's
+    code (model.pth, see gptcore.lfs). drop_rate replaces the saved one; n_heads is the head count of a
+    book file, whose tensors do not hold it."""
+    from .hf import OFFICIAL_MODELS, load_official
+
+    if str(source) in OFFICIAL_MODELS:
+        return load_official(str(source), drop_rate=drop_rate)
     source = Path(source)
     if source.is_file():
         from .lfs import load_lfs
@@ -174,18 +179,15 @@ def initialize_model(config: ModelConfig, init_from: str = "scratch") -> GPT:
     The params' architecture must agree with the weights'; only drop_rate is taken from the params, and a
     shorter context_length keeps the first positions of the weights'.
     """
-    from .hf import OFFICIAL_MODELS, load_official
+    from .hf import OFFICIAL_MODELS
 
     if init_from == "scratch":
         return GPT(config)
-    if init_from in OFFICIAL_MODELS:
-        model = load_official(init_from, drop_rate=config.drop_rate)
-    elif Path(init_from).exists():
-        model = load_model(init_from, drop_rate=config.drop_rate, n_heads=config.n_heads)
-    else:
+    if init_from not in OFFICIAL_MODELS and not Path(init_from).exists():
         raise MissingInputError(f"model.init_from {init_from!r} is neither 'scratch', an official GPT-2 name "
                                 f"({', '.join(OFFICIAL_MODELS)}), an existing model folder nor a book file "
                                 "(model.pth)")
+    model = load_model(init_from, drop_rate=config.drop_rate, n_heads=config.n_heads)
     if config.context_length < model.config.context_length:
         model.crop_context(config.context_length)
     loaded = model.config.to_dict()

@@ -18,10 +18,7 @@ SAMPLER_OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "d
 def load_any(args):
     """args.model: a gptcore model folder, an HF GPT-2 folder, a book file (model.pth) or an official name."""
     from .checkpoint import load_model
-    from .hf import OFFICIAL_MODELS, load_official
 
-    if args.model in OFFICIAL_MODELS:
-        return load_official(args.model)
     return load_model(args.model, n_heads=args.n_heads)
 
 

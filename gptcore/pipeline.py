@@ -26,7 +26,7 @@ from .evaluation import evaluate_splits
 from .params import Params
 from .plots import draw_plots, write_plot_data
 from .runtime import cast_for_inference, setup_runtime
-from .sampling import check_prompt, generate
+from .sampling import continue_prompts
 from .token_files import load_tokens
 from .tokenizer import Tokenizer
 from .tracking import RUN_FILE, Tracker, TrackingCallback, repo_root
@@ -156,19 +156,11 @@ def generate_samples(params: Params, *, model_dir: Path, out_dir: Path) -> list[
     runtime = setup_runtime(settings.device, "fp32")
     model = cast_for_inference(load_model(model_dir), settings.weights).to(runtime.device).eval()
     tokenizer = Tokenizer()
-    encoded = [tokenizer.encode(prompt) for prompt in settings.prompts]
-    for index, ids in enumerate(encoded):  # every prompt checked before the first is generated
-        check_prompt(len(ids), model.config.context_length, f"params.yaml: generate.prompts[{index}]")
-    samples = []
-    for index, (prompt, ids) in enumerate(zip(settings.prompts, encoded)):
-        seed = None if settings.seed is None else settings.seed + index
-        out = generate(model, torch.tensor([ids], device=runtime.device), settings.max_new_tokens,
-                       temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-                       eos_id=tokenizer.eot_id if settings.stop_at_eos else None, seed=seed)
-        new_ids = out[0, len(ids):].tolist()
-        samples.append({"prompt": prompt, "sampler": {k: getattr(settings, k) for k in SAMPLER_KEYS} | {"seed": seed},
-                        "completion": tokenizer.decode(new_ids), "text": tokenizer.decode(out[0].tolist()),
-                        "new_tokens": len(new_ids)})
+    samples = [{"prompt": prompt, "sampler": {k: getattr(settings, k) for k in SAMPLER_KEYS} | {"seed": c["seed"]},
+                "completion": tokenizer.decode(c["new_ids"]), "text": tokenizer.decode(c["prompt_ids"] + c["new_ids"]),
+                "new_tokens": len(c["new_ids"])}
+               for prompt, c in zip(settings.prompts, continue_prompts(model, tokenizer, settings, runtime.device,
+                                                                       "params.yaml: generate.prompts"))]
     shutil.rmtree(out_dir, ignore_errors=True)  # prompts may have been removed: no stale files
     for index, sample in enumerate(samples):
         name = sample_name(index, sample["prompt"])

@@ -20,23 +20,13 @@ class GptcoreModel(mlflow.pyfunc.PythonModel):
         self.tokenizer = Tokenizer()
 
     def predict(self, context, model_input, params=None):
-        import torch
-
-        from gptcore.sampling import check_prompt, generate
+        from gptcore.sampling import continue_prompts
         from gptcore.settings.generate import GenerateConfig
 
         prompts = list(model_input["prompt"] if isinstance(model_input, pd.DataFrame) else model_input)
         settings = GenerateConfig(prompts=prompts, **(params or {}))
-        texts = []
-        for index, prompt in enumerate(settings.prompts):
-            ids = self.tokenizer.encode(prompt)
-            check_prompt(len(ids), self.model.config.context_length, f"prompt {index}")
-            out = generate(self.model, torch.tensor([ids]), settings.max_new_tokens, temperature=settings.temperature,
-                           top_k=settings.top_k, top_p=settings.top_p,
-                           eos_id=self.tokenizer.eot_id if settings.stop_at_eos else None,
-                           seed=None if settings.seed is None else settings.seed + index)
-            texts.append(self.tokenizer.decode(out[0].tolist()))
-        return pd.DataFrame({"text": texts})
+        continued = continue_prompts(self.model, self.tokenizer, settings, name="prompt")
+        return pd.DataFrame({"text": [self.tokenizer.decode(c["prompt_ids"] + c["new_ids"]) for c in continued]})
 
 
 mlflow.models.set_model(GptcoreModel())

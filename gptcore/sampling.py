@@ -103,3 +103,21 @@ def generate(model: GPT, token_ids, max_new_tokens: int, *, temperature: float =
             break
     model.train(was_training)
     return sequence
+
+
+def continue_prompts(model: GPT, tokenizer, settings: GenerateConfig, device=None,
+                     name: str = "generate.prompts") -> list[dict]:
+    """settings.prompts continued with settings' sampler, prompt i with seed + i so that each sample is
+    reproducible on its own; every prompt is checked against the context (named `name[i]`) before the
+    first is generated. Per prompt: its token ids, the new ids and the seed it used."""
+    encoded = [tokenizer.encode(prompt) for prompt in settings.prompts]
+    for index, ids in enumerate(encoded):
+        check_prompt(len(ids), model.config.context_length, f"{name}[{index}]")
+    continued = []
+    for index, ids in enumerate(encoded):
+        seed = None if settings.seed is None else settings.seed + index
+        out = generate(model, torch.tensor([ids], device=device), settings.max_new_tokens,
+                       temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+                       eos_id=tokenizer.eot_id if settings.stop_at_eos else None, seed=seed)
+        continued.append({"prompt_ids": ids, "new_ids": out[0, len(ids):].tolist(), "seed": seed})
+    return continued
