@@ -7,6 +7,8 @@ Results are ratios measured together, never absolute times from different runs.
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import json
 import os
 import resource
@@ -20,11 +22,14 @@ from pathlib import Path
 
 import torch
 
-from .model import GPT, ModelConfig
-from .settings.model import EOT_ID, VOCAB_SIZE
+from .errors import ConfigError
+from .inference import prepare_for_inference
 from .machine import cpu_model
-from .runtime import Runtime, cast_for_inference, fast_bf16, setup_runtime
+from .model import GPT, ModelConfig
+from .runtime import Runtime, fast_bf16, setup_runtime
 from .sampling import generate
+from .settings.generate import INFERENCE_WEIGHTS
+from .settings.model import EOT_ID, VOCAB_SIZE
 
 
 def timed(fn, device) -> float:
@@ -83,25 +88,61 @@ def hf_twin(model: GPT):
     return twin.to(next(model.parameters()).device)
 
 
+def gptcore_loss(model, inputs, targets):  # nanoGPT's forward has the same signature
+    return model(inputs, targets)[1]
+
+
+def hf_loss(model, inputs, targets):  # labels are shifted inside the model
+    return model(inputs, labels=inputs).loss
+
+
+def book_loss(model, inputs, targets):  # the book's calc_loss_batch
+    return torch.nn.functional.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+
+
+def book_twin(config: ModelConfig):
+    """The book's GPTModel (package llms-from-scratch) with this config, or None where it is not installed."""
+    try:
+        from llms_from_scratch.ch04 import GPTModel
+    except ImportError:
+        return None
+    return GPTModel({"vocab_size": config.vocab_size, "context_length": config.context_length,
+                     "emb_dim": config.emb_dim, "n_heads": config.n_heads, "n_layers": config.n_layers,
+                     "drop_rate": config.drop_rate, "qkv_bias": config.qkv_bias})
+
+
+def nanogpt_twin(folder: Path, config: ModelConfig):
+    """nanoGPT's GPT from the model.py of a nanoGPT checkout, configured as its train.py configures GPT-2
+    (biases on, vocabulary padded to 50,304)."""
+    source = Path(folder) / "model.py"
+    if not source.is_file():
+        raise ConfigError(f"--nanogpt {folder}: no model.py there; give the folder of a nanoGPT checkout")
+    spec = importlib.util.spec_from_file_location("nanogpt_model", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.GPT(module.GPTConfig(block_size=config.context_length, vocab_size=50304, n_layer=config.n_layers,
+                                       n_head=config.n_heads, n_embd=config.emb_dim, dropout=0.0, bias=True))
+
+
 class TrainStep:
-    def __init__(self, model, batch, runtime: Runtime, hf: bool):
-        self.model, self.batch, self.runtime, self.hf = model.train(), batch, runtime, hf
+    def __init__(self, model, loss_of, batch, runtime: Runtime):
+        self.model, self.loss_of, self.batch, self.runtime = model.train(), loss_of, batch, runtime
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4,
                                            fused=runtime.device.type in ("cpu", "cuda"))
 
     def __call__(self):
-        inputs, targets = self.batch
         with self.runtime.autocast():
-            loss = self.model(inputs, labels=inputs).loss if self.hf else self.model(inputs, targets)[1]
+            loss = self.loss_of(self.model, *self.batch)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def forward_only(model, inputs, runtime: Runtime):
+def evaluation(model, loss_of, batch, runtime: Runtime):
+    """What evaluation does per batch: the forward pass over every position and the loss."""
     def run():
         with torch.no_grad(), runtime.autocast():
-            model(inputs)
+            loss_of(model, *batch)
     model.eval()
     return run
 
@@ -118,45 +159,52 @@ def greedy(model, prompt, new_tokens, hf: bool):
 
 
 def bench_model(preset: str, context: int, *, precisions, batch_size: int, rounds: int, runtime: Runtime,
-                peaks: dict, rows: list):
+                peaks: dict, rows: list, nanogpt: Path | None = None):
+    """Training steps and evaluation passes of gptcore, HF and, where available, the book's model and
+    nanoGPT's, all with the same config, batch and fused AdamW."""
     torch.manual_seed(0)
     config = ModelConfig.from_preset(preset, context_length=context, drop_rate=0.0)
     device = runtime.device
     model = GPT(config).to(device)
     twin = hf_twin(model)
+    implementations = {"gptcore": (model, gptcore_loss), "hf": (twin, hf_loss)}
+    if (book := book_twin(config)) is not None:
+        implementations["book"] = (book.to(device), book_loss)
+    if nanogpt is not None:
+        implementations["nanogpt"] = (nanogpt_twin(nanogpt, config).to(device), gptcore_loss)
     n_params = model.num_parameters()
     inputs = torch.randint(0, config.vocab_size, (batch_size, context), device=device)
-    targets = torch.roll(inputs, -1, dims=1)
+    batch = (inputs, torch.roll(inputs, -1, dims=1))
     tokens = inputs.numel()
     for precision in precisions:
         at_precision = replace(runtime, precision=precision)
-        train = interleaved({"gptcore": TrainStep(model, (inputs, targets), at_precision, False),
-                             "hf": TrainStep(twin, (inputs, targets), at_precision, True)}, rounds, device)
-        evaluation = interleaved({"gptcore": forward_only(model, inputs, at_precision),
-                                  "hf": forward_only(twin, inputs, at_precision)}, rounds, device)
-        for name in ("gptcore", "hf"):
+        train = interleaved({name: TrainStep(net, loss_of, batch, at_precision)
+                             for name, (net, loss_of) in implementations.items()}, rounds, device)
+        evaluated = interleaved({name: evaluation(net, loss_of, batch, at_precision)
+                                 for name, (net, loss_of) in implementations.items()}, rounds, device)
+        for name in implementations:
             achieved = flops_per_token(config, n_params) * tokens / train[name]
             rows.append({"measure": "train step", "impl": name, "context": context, "batch": batch_size,
                          "precision": precision, "tokens_per_s": tokens / train[name],
                          "tflops": achieved / 1e12, "mfu": achieved / peaks[precision]})
             rows.append({"measure": "eval forward", "impl": name, "context": context, "batch": batch_size,
-                         "precision": precision, "tokens_per_s": tokens / evaluation[name]})
+                         "precision": precision, "tokens_per_s": tokens / evaluated[name]})
     return model, twin
 
 
 def bench_generation(model, twin, rounds: int, device, rows: list, new_tokens=200):
-    """Greedy decoding, fp32 against HF fp32, plus gptcore with bf16 weights (an inference option)."""
-    import copy
-
-    bf16_model = cast_for_inference(copy.deepcopy(model), "bf16")
+    """Greedy decoding against HF's cached generate (fp32), gptcore with each of its inference weights."""
+    kinds = [weights for weights in INFERENCE_WEIGHTS if weights != "auto" and (weights != "int8" or device.type == "cpu")]
+    variants = {weights: prepare_for_inference(copy.deepcopy(model), weights, device) for weights in kinds}
     for batch in (1, 8):
         prompt = torch.randint(0, VOCAB_SIZE, (batch, 8), device=device)
-        seconds = interleaved({"gptcore": greedy(model, prompt, new_tokens, False),
-                               "gptcore-bf16-weights": greedy(bf16_model, prompt, new_tokens, False),
+        seconds = interleaved({**{weights: greedy(net, prompt, new_tokens, False) for weights, net in variants.items()},
                                "hf": greedy(twin, prompt, new_tokens, True)}, rounds, device)
-        for name in seconds:
-            rows.append({"measure": "greedy generate", "impl": name, "context": model.config.context_length,
-                         "batch": batch, "precision": "fp32", "tokens_per_s": batch * new_tokens / seconds[name]})
+        for variant, taken in seconds.items():
+            rows.append({"measure": "greedy generate", "impl": "hf" if variant == "hf" else "gptcore",
+                         "context": model.config.context_length, "batch": batch,
+                         "precision": "fp32" if variant == "hf" else variant,
+                         "tokens_per_s": batch * new_tokens / taken})
 
 
 def bench_tokenization(corpus: Path, megabytes: int, rows: list):
@@ -186,7 +234,8 @@ def bench_tokenization(corpus: Path, megabytes: int, rows: list):
 def bench_tracking(rounds: int, step_seconds: float, rows: list):
     """Cost of the tracking callback per training step (batched MLflow writes), against a step's time, and
     of one system-metrics sample (collected and logged), against the default sampling interval."""
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    from mlflow.system_metrics.system_metrics_monitor import \
+        SystemMetricsMonitor
 
     from .settings import default
     from .settings.tracking import TrackingConfig
@@ -229,13 +278,18 @@ def peak_memory_mb(device) -> float:
 
 
 def machine(device) -> str:
-    name = torch.cuda.get_device_name() if device.type == "cuda" else \
-        f"{cpu_model()}, {torch.get_num_threads()} threads"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name()
+    else:
+        flags = {"AVX512-BF16": torch.cpu._is_avx512_bf16_supported(), "AMX": torch.cpu._is_amx_tile_supported()}
+        name = f"{cpu_model()}, {torch.get_num_threads()} threads, " + ", ".join(
+            f"{flag} {'yes' if present else 'no'}" for flag, present in flags.items())
     return f"{name}; torch {torch.__version__}; CPU capability {torch.backends.cpu.get_cpu_capability()}"
 
 
 def run_benchmark(contexts=(256, 1024), *, rounds: int = 3, device_name: str = "auto", tokenize_mb: int = 20,
-                  corpus: Path | None = None, precisions=None, preset: str = "gpt2-small") -> dict:
+                  corpus: Path | None = None, precisions=None, preset: str = "gpt2-small",
+                  nanogpt: Path | None = None) -> dict:
     runtime = setup_runtime(device_name, "fp32")
     device = runtime.device
     if precisions is None:  # bf16 only where it runs in hardware: emulated bf16 is ~40x slower here
@@ -245,7 +299,7 @@ def run_benchmark(contexts=(256, 1024), *, rounds: int = 3, device_name: str = "
     for context in contexts:
         batch = max(1, 512 // context) if device.type == "cpu" else max(1, 16384 // context)
         model, twin = bench_model(preset, context, precisions=precisions, batch_size=batch, rounds=rounds,
-                                  runtime=runtime, peaks=peaks, rows=rows)
+                                  runtime=runtime, peaks=peaks, rows=rows, nanogpt=nanogpt)
         if context == contexts[0]:
             bench_generation(model, twin, rounds, device, rows)
         del model, twin
@@ -258,32 +312,36 @@ def run_benchmark(contexts=(256, 1024), *, rounds: int = 3, device_name: str = "
             "peak_memory_mb": peak_memory_mb(device), "rows": rows}
 
 
+PEERS = {"hf": "HF", "book": "book", "nanogpt": "nanoGPT"}
+
+
 def ratio_rows(result: dict) -> list[str]:
-    """gptcore / HF ratio for each measure measured on both."""
-    lines = []
+    """One line per gptcore measurement: its tokens/s beside each peer's on the same work, and gptcore / HF."""
     rows = result["rows"]
+    present = [peer for peer in PEERS if any(r["impl"] == peer for r in rows)]
+    lines = []
     for row in rows:
-        if not row["impl"].startswith("gptcore") or "tokens_per_s" not in row or row["measure"] == "tokenize":
+        if row["impl"] != "gptcore" or row["measure"] not in ("train step", "eval forward", "greedy generate"):
             continue
-        peer = next((r for r in rows if r["impl"] == "hf" and all(r.get(k) == row.get(k)
-                     for k in ("measure", "context", "batch", "precision"))), None)
-        if peer:
-            bf16_weights = row["impl"].endswith("bf16-weights")
-            measure = row["measure"] + (" (bf16 weights)" if bf16_weights else "")
-            precision = "bf16" if bf16_weights else row["precision"]
-            lines.append(f"| {measure} | {row['context']} | {row['batch']} | {precision} | "
-                         f"{row['tokens_per_s']:.1f} | {peer['tokens_per_s']:.1f} | "
-                         f"{row['tokens_per_s'] / peer['tokens_per_s']:.2f}x | "
-                         + (f"{row['mfu'] * 100:.1f} % / {peer['mfu'] * 100:.1f} %" if "mfu" in row else "") + " |")
-    return lines
+        same = ("measure", "context", "batch") + (("precision",) if row["measure"] != "greedy generate" else ())
+        peers = {r["impl"]: r for r in rows if r["impl"] in present and all(r.get(k) == row.get(k) for k in same)}
+        precision = row["precision"] + (" weights" if row["measure"] == "greedy generate" else "")
+        speeds = " | ".join(f"{peers[peer]['tokens_per_s']:.1f}" if peer in peers else "-" for peer in present)
+        hf = peers.get("hf")
+        lines.append(f"| {row['measure']} | {row['context']} | {row['batch']} | {precision} | "
+                     f"{row['tokens_per_s']:.1f} | {speeds} | "
+                     + (f"{row['tokens_per_s'] / hf['tokens_per_s']:.2f}x" if hf else "-") + " | "
+                     + (f"{row['mfu'] * 100:.1f} % / {hf['mfu'] * 100:.1f} %" if "mfu" in row and hf else "") + " |")
+    header = ["gptcore tokens/s", *(f"{PEERS[peer]} tokens/s" for peer in present), "gptcore / HF", "MFU gptcore / HF"]
+    return ["| measure | context | batch | precision | " + " | ".join(header) + " |",
+            "|---" * (4 + len(header)) + "|", *lines]
 
 
 def format_table(result: dict) -> str:
     peaks = result["matmul_peak_tflops"]
     lines = [f"Machine: {result['machine']}",
              f"Matmul peak measured here: fp32 {peaks['fp32'] * 1000:.0f} GFLOP/s, bf16 {peaks['bf16'] * 1000:.0f} GFLOP/s",
-             "", "| measure | context | batch | precision | gptcore tokens/s | HF tokens/s | ratio | MFU gptcore / HF |",
-             "|---|---|---|---|---|---|---|---|", *ratio_rows(result)]
+             "", *ratio_rows(result)]
     for row in result["rows"]:
         if row["measure"] == "tokenize":
             lines.append(f"\nTokenization: {row['mb_per_s']:.2f} MB/s ({row['tokens_per_s']:,.0f} tokens/s) on "

@@ -25,13 +25,14 @@ def load_any(args):
 def cmd_generate(args) -> None:
     import torch
 
-    from .runtime import cast_for_inference, setup_runtime
+    from .inference import prepare_for_inference
+    from .runtime import setup_runtime
     from .sampling import check_prompt, generate
     from .tokenizer import Tokenizer
 
     settings = GenerateConfig(stop_at_eos=not args.no_eos, **{name: getattr(args, name) for name in SAMPLER_OPTIONS})
     runtime = setup_runtime(settings.device, "fp32")
-    model = cast_for_inference(load_any(args), settings.weights).to(runtime.device).eval()
+    model = prepare_for_inference(load_any(args), settings.weights, runtime.device)
     tokenizer = Tokenizer()
     prompt_ids = tokenizer.encode(args.prompt)
     check_prompt(len(prompt_ids), model.config.context_length)
@@ -57,7 +58,7 @@ def cmd_bench(args) -> None:
 
     result = run_benchmark(tuple(args.context), rounds=args.rounds, device_name=args.device,
                            tokenize_mb=args.tokenize_mb, corpus=Path(args.corpus) if args.corpus else None,
-                           precisions=tuple(args.precision) if args.precision else None)
+                           precisions=tuple(args.precision) if args.precision else None, nanogpt=args.nanogpt)
     print(format_table(result))
     atomic_write_text(args.json, json.dumps(result, indent=2))
     print(f"\nwrote {args.json}")
@@ -127,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="default: fp32, plus bf16 where the hardware runs it")
     bench.add_argument("--corpus", default=None, help="text file repeated for the tokenization benchmark")
     bench.add_argument("--tokenize-mb", type=int, default=20)
+    bench.add_argument("--nanogpt", type=Path, default=None,
+                       help="a nanoGPT checkout: its model.py joins the training and evaluation rows")
     bench.add_argument("--json", default="benchmarks/results.json")
     bench.set_defaults(func=cmd_bench)
 

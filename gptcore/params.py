@@ -22,8 +22,8 @@ from .settings.data import DataConfig
 from .settings.evaluate import EvaluateConfig
 from .settings.generate import GenerateConfig
 from .settings.model import ModelConfig, ModelSource
-from .settings.train import TrainConfig
 from .settings.tracking import TrackingConfig
+from .settings.train import TrainConfig
 
 # section -> its dataclasses; the model section is ModelSource's fields, then ModelConfig's as overrides
 # of the preset (null: the preset's value)

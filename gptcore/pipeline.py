@@ -25,7 +25,8 @@ from .checkpoint import initialize_model, latest_checkpoint, load_model, save_mo
 from .evaluation import evaluate_splits
 from .params import Params
 from .plots import draw_plots, write_plot_data
-from .runtime import cast_for_inference, setup_runtime
+from .inference import prepare_for_inference
+from .runtime import setup_runtime
 from .sampling import continue_prompts
 from .token_files import load_tokens
 from .tokenizer import Tokenizer
@@ -154,7 +155,7 @@ def generate_samples(params: Params, *, model_dir: Path, out_dir: Path) -> list[
     tracker = stage_run(params, model_dir, "generate")
     settings = params.generate
     runtime = setup_runtime(settings.device, "fp32")
-    model = cast_for_inference(load_model(model_dir), settings.weights).to(runtime.device).eval()
+    model = prepare_for_inference(load_model(model_dir), settings.weights, runtime.device)
     tokenizer = Tokenizer()
     samples = [{"prompt": prompt, "sampler": {k: getattr(settings, k) for k in SAMPLER_KEYS} | {"seed": c["seed"]},
                 "completion": tokenizer.decode(c["new_ids"]), "text": tokenizer.decode(c["prompt_ids"] + c["new_ids"]),

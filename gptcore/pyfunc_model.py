@@ -13,10 +13,16 @@ import pandas as pd
 
 class GptcoreModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
+        import torch
+
         from gptcore.checkpoint import load_model
+        from gptcore.inference import prepare_for_inference
+        from gptcore.settings import default
+        from gptcore.settings.generate import GenerateConfig
         from gptcore.tokenizer import Tokenizer
 
-        self.model = load_model(context.artifacts["model"]).eval()
+        weights = default(GenerateConfig.__dataclass_fields__["weights"])  # as `gptcore generate` decodes
+        self.model = prepare_for_inference(load_model(context.artifacts["model"]), weights, torch.device("cpu"))
         self.tokenizer = Tokenizer()
 
     def predict(self, context, model_input, params=None):

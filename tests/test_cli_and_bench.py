@@ -1,11 +1,13 @@
+import importlib.util
 import json
 
 import pytest
 import torch
 
-from gptcore.bench import format_table, run_benchmark
+from gptcore.bench import format_table, nanogpt_twin, run_benchmark
 from gptcore.checkpoint import save_model
 from gptcore.cli import main
+from gptcore.errors import ConfigError
 from gptcore.model import GPT, ModelConfig
 
 
@@ -24,13 +26,16 @@ def test_info_reports_parameters_and_config(model_dir, capsys):
     assert info["config"]["n_layers"] == 2
 
 
-def test_generate_streams_the_greedy_continuation(model_dir, capsys, tokenizer):
+@pytest.mark.parametrize("weights", ["auto", "fp32"])
+def test_generate_streams_the_greedy_continuation(model_dir, capsys, tokenizer, weights):
     from gptcore.checkpoint import load_model
+    from gptcore.inference import prepare_for_inference
     from gptcore.sampling import generate
 
     assert main(["generate", "Every effort moves you", "--model", str(model_dir), "--max-new-tokens", "12",
-                 "--temperature", "0", "--no-eos"]) == 0
-    expected = generate(load_model(model_dir), torch.tensor([tokenizer.encode("Every effort moves you")]), 12)
+                 "--temperature", "0", "--no-eos", "--weights", weights]) == 0
+    model = prepare_for_inference(load_model(model_dir), weights, torch.device("cpu"))
+    expected = generate(model, torch.tensor([tokenizer.encode("Every effort moves you")]), 12)
     assert capsys.readouterr().out == tokenizer.decode(expected[0].tolist()) + "\n"
 
 
@@ -81,5 +86,29 @@ def test_benchmark_measures_every_row_side_by_side(shared_dir):
     assert {("tokenize", "gptcore"), ("mlflow tracking", "gptcore"), ("system metrics", "gptcore")} <= measures
     train = [r for r in result["rows"] if r["measure"] == "train step"]
     assert all(0 < r["mfu"] < 1 for r in train)
+    if importlib.util.find_spec("llms_from_scratch"):  # the book's model joins where its package is installed
+        assert {("train step", "book"), ("eval forward", "book")} <= measures
     table = format_table(result)
-    assert table.count("| greedy generate") == 4 and "Tokenization:" in table
+    assert "nanoGPT" not in table  # a peer's column only where it ran
+    for weights in ("fp32", "bf16", "int8"):
+        assert table.count(f"| greedy generate | 256 | 1 | {weights} weights |") == 1
+    assert "Tokenization:" in table and ("AMX yes" in table or "AMX no" in table)
+
+
+def test_nanogpt_peer_is_the_gpt_of_a_checkouts_model_py_configured_as_its_train_py(tmp_path):
+    # a stand-in with nanoGPT's interface (GPTConfig fields, GPT(config), forward(idx, targets)); the real
+    # file stays in the user's checkout
+    (tmp_path / "model.py").write_text(
+        "from dataclasses import dataclass\n"
+        "import torch\n"
+        "@dataclass\n"
+        "class GPTConfig:\n"
+        "    block_size: int = 1024\n    vocab_size: int = 50304\n    n_layer: int = 12\n    n_head: int = 12\n"
+        "    n_embd: int = 768\n    dropout: float = 0.0\n    bias: bool = True\n"
+        "class GPT(torch.nn.Module):\n"
+        "    def __init__(self, config):\n        super().__init__()\n        self.config = config\n")
+    twin = nanogpt_twin(tmp_path, ModelConfig.from_preset("tiny", context_length=48))
+    assert vars(twin.config) == {"block_size": 48, "vocab_size": 50304, "n_layer": 2, "n_head": 2, "n_embd": 64,
+                                 "dropout": 0.0, "bias": True}
+    with pytest.raises(ConfigError, match=f"--nanogpt {tmp_path / 'none'}: no model.py there"):
+        nanogpt_twin(tmp_path / "none", ModelConfig.from_preset("tiny"))

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from . import check_fields, setting
 
-INFERENCE_WEIGHTS = ("fp32", "bf16")
+INFERENCE_WEIGHTS = ("auto", "fp32", "bf16", "int8")
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,8 @@ class GenerateConfig:
     seed: int | None = setting(123, "prompt i samples with seed + i; null = unseeded", low=0)
     stop_at_eos: bool = setting(True, "stop a sample at <|endoftext|>")
     device: str = setting("auto", "as train.device")
-    weights: str = setting("fp32", "fp32 | bf16 (faster decoding on CPU, slightly different numbers)",
+    weights: str = setting("auto", "auto = int8 on CPU, bf16 on a GPU that has it, else fp32 | fp32 | bf16 | "
+                                   "int8 (weight-only, CPU)",
                            choices=INFERENCE_WEIGHTS)
 
     def __post_init__(self):
