@@ -11,7 +11,9 @@ Checks (each prints one line, PASS or FAIL, with the measured numbers):
   4. a run stopped at a checkpoint and resumed ends with the weights of a straight run, bitwise (with
      dropout, so the CUDA generator state travels with the checkpoint);
   5. training throughput of GPT-2 124M at context 1024 in bf16, eager and torch.compile'd, through the
-     Trainer as the pipeline uses it: tokens/s and MFU (nanoGPT's 6N + 12 L T d FLOPs per token).
+     Trainer as the pipeline uses it: tokens/s and MFU (nanoGPT's 6N + 12 L T d FLOPs per token);
+  6. with --nanogpt DIR (a nanoGPT checkout carried to the machine), nanoGPT's GPT in the same training
+     step, eager and compiled, for the side-by-side numbers.
 Uses random tokens (no corpus, no tokenizer files) and no MLflow or DVC, so it runs on a bare GPU
 machine with PyTorch, safetensors, tiktoken, tqdm and numpy. On a CPU-only machine it exits 0 after
 saying so (the CPU test suite runs its helpers on the CPU).
@@ -131,13 +133,44 @@ def train_throughput(device: str, compile_model: bool, peak_tflops: float, batch
     seconds = [s["step_seconds"] for s in history["steps"]]
     steady = statistics.median(seconds[len(seconds) // 2:])
     tokens_per_second = batch * 1024 / steady
-    cfg = model.config
     n = model.num_parameters() - model.transformer.wpe.weight.numel()
-    flops_per_token = 6 * n + 12 * cfg.n_layers * cfg.emb_dim * cfg.context_length
     return {"compile": compile_model, "batch": batch, "context": 1024, "steps": steps,
             "first_step_seconds": seconds[0], "median_step_seconds": steady, "tokens_per_second": tokens_per_second,
-            "mfu": flops_per_token * tokens_per_second / (peak_tflops * 1e12), "wall_seconds": wall,
+            "mfu": flops_per_token(model.config, n) * tokens_per_second / (peak_tflops * 1e12), "wall_seconds": wall,
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2 ** 30}
+
+
+def flops_per_token(config: ModelConfig, n_params: int) -> float:
+    """nanoGPT's estimate_mfu count: 6N + 12 L d T, N without the position embeddings."""
+    return 6 * n_params + 12 * config.n_layers * config.emb_dim * config.context_length
+
+
+def loop_throughput(model, config: ModelConfig, device: str, compile_model: bool, peak_tflops: float, batch: int,
+                    steps: int, precision: str = "bf16") -> dict:
+    """A peer's training step as nanoGPT's train.py takes it (autocast, fused AdamW, forward(idx, targets)
+    -> (logits, loss), one host sync per step), on random tokens: tokens/s and MFU by the same count."""
+    model = model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, fused=True)
+    step_model = torch.compile(model) if compile_model else model
+    autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                              enabled=precision == "bf16")
+    context, seconds = config.context_length, []
+    for _ in range(steps):
+        tokens = torch.randint(0, 50257, (batch, context + 1), device=device)
+        started = time.perf_counter()
+        with autocast:
+            _, loss = step_model(tokens[:, :-1], tokens[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()
+        seconds.append(time.perf_counter() - started)
+    steady = statistics.median(seconds[len(seconds) // 2:])
+    tokens_per_second = batch * context / steady
+    n = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
+    return {"compile": compile_model, "batch": batch, "context": context, "steps": steps,
+            "first_step_seconds": seconds[0], "median_step_seconds": steady, "tokens_per_second": tokens_per_second,
+            "mfu": flops_per_token(config, n) * tokens_per_second / (peak_tflops * 1e12)}
 
 
 def main() -> int:
@@ -145,6 +178,8 @@ def main() -> int:
     parser.add_argument("--out", default="gpu_check.json")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--nanogpt", type=Path, default=None,
+                        help="a nanoGPT checkout (carried to the GPU machine): its GPT trained beside gptcore's")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check here (run it on a GPU machine)")
@@ -175,6 +210,18 @@ def main() -> int:
             row, failed = {"compile": compile_model, "error": f"{type(error).__name__}: {error}"}, failed + 1
         result["throughput"].append(row)
         print(f"train 124M ctx 1024 bf16 {'compiled' if compile_model else 'eager'}: {json.dumps(row)}", flush=True)
+    if args.nanogpt is not None:
+        from gptcore.bench import nanogpt_twin
+
+        result["nanogpt"] = []
+        for compile_model in (False, True):
+            torch.manual_seed(0)
+            config = ModelConfig.from_preset("gpt2-small", context_length=1024)
+            row = loop_throughput(nanogpt_twin(args.nanogpt, config), config, device, compile_model, peak,
+                                  args.batch, args.steps)
+            result["nanogpt"].append(row)
+            print(f"nanoGPT 124M ctx 1024 bf16 {'compiled' if compile_model else 'eager'}: {json.dumps(row)}",
+                  flush=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     return 1 if failed else 0
 

@@ -25,3 +25,16 @@ def test_without_cuda_the_script_says_so_and_succeeds(monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["gpu_check.py"])
     assert gpu_check.main() == 0
     assert "no CUDA device" in capsys.readouterr().out
+
+
+def test_the_peer_training_loop_reports_speed_and_mfu_on_the_cpu():
+    import torch
+
+    from gptcore.model import GPT, ModelConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig.from_preset("tiny", context_length=32)
+    row = gpu_check.loop_throughput(GPT(config), config, "cpu", False, 1.0, batch=2, steps=4, precision="fp32")
+    assert row["tokens_per_second"] == pytest.approx(2 * 32 / row["median_step_seconds"])
+    n = GPT(config).num_parameters() - 32 * 64
+    assert row["mfu"] == pytest.approx((6 * n + 12 * 2 * 64 * 32) * row["tokens_per_second"] / 1e12)
