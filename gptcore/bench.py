@@ -194,7 +194,8 @@ def bench_model(preset: str, context: int, *, precisions, batch_size: int, round
 
 def bench_generation(model, twin, rounds: int, device, rows: list, new_tokens=200):
     """Greedy decoding against HF's cached generate (fp32), gptcore with each of its inference weights."""
-    kinds = [weights for weights in INFERENCE_WEIGHTS if weights != "auto" and (weights != "int8" or device.type == "cpu")]
+    kinds = [weights for weights in INFERENCE_WEIGHTS
+             if weights != "auto" and (weights != "int8" or device.type == "cpu")]  # int8: a CPU kernel
     variants = {weights: prepare_for_inference(copy.deepcopy(model), weights, device) for weights in kinds}
     for batch in (1, 8):
         prompt = torch.randint(0, VOCAB_SIZE, (batch, 8), device=device)
@@ -234,8 +235,7 @@ def bench_tokenization(corpus: Path, megabytes: int, rows: list):
 def bench_tracking(rounds: int, step_seconds: float, rows: list):
     """Cost of the tracking callback per training step (batched MLflow writes), against a step's time, and
     of one system-metrics sample (collected and logged), against the default sampling interval."""
-    from mlflow.system_metrics.system_metrics_monitor import \
-        SystemMetricsMonitor
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     from .settings import default
     from .settings.tracking import TrackingConfig

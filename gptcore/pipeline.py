@@ -25,7 +25,7 @@ from .checkpoint import initialize_model, latest_checkpoint, load_model, save_mo
 from .evaluation import evaluate_splits
 from .params import Params
 from .plots import draw_plots, write_plot_data
-from .inference import prepare_for_inference
+from .inference import prepare_for_inference, resolve_weights
 from .runtime import setup_runtime
 from .sampling import continue_prompts
 from .token_files import load_tokens
@@ -157,7 +157,9 @@ def generate_samples(params: Params, *, model_dir: Path, out_dir: Path) -> list[
     runtime = setup_runtime(settings.device, "fp32")
     model = prepare_for_inference(load_model(model_dir), settings.weights, runtime.device)
     tokenizer = Tokenizer()
-    samples = [{"prompt": prompt, "sampler": {k: getattr(settings, k) for k in SAMPLER_KEYS} | {"seed": c["seed"]},
+    sampler = {k: getattr(settings, k) for k in SAMPLER_KEYS} | {"weights": resolve_weights(settings.weights,
+                                                                                          runtime.device)}
+    samples = [{"prompt": prompt, "sampler": sampler | {"seed": c["seed"]},
                 "completion": tokenizer.decode(c["new_ids"]), "text": tokenizer.decode(c["prompt_ids"] + c["new_ids"]),
                 "new_tokens": len(c["new_ids"])}
                for prompt, c in zip(settings.prompts, continue_prompts(model, tokenizer, settings, runtime.device,
