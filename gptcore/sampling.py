@@ -16,6 +16,7 @@ from .errors import ConfigError
 from .model import GPT, KVCache
 from .settings import check_value
 from .settings.generate import GenerateConfig
+from .settings.model import VOCAB_SIZE
 
 
 def validate_sampler(**settings) -> None:
@@ -92,7 +93,8 @@ def generate(model: GPT, token_ids, max_new_tokens: int, *, temperature: float =
             logits, _ = model(sequence[:, window_start:], last_token_only=True)
         else:
             logits, _ = model(sequence[:, window_start + cache.length:], kv_cache=cache, last_token_only=True)
-        token = next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
+        # a vocabulary padded past GPT-2's (nanoGPT's 50,304) has rows no text decodes to
+        token = next_token(logits[:, -1, :VOCAB_SIZE], temperature, top_k, top_p, generator)
         if eos_id is not None:
             token = token.masked_fill(finished, eos_id)
             finished |= token == eos_id

@@ -83,3 +83,15 @@ def test_invalid_sampler_settings_rejected(tiny_model, kwargs, word):
 def test_empty_prompt_rejected(tiny_model):
     with pytest.raises(ValueError, match="empty prompt"):
         generate(tiny_model, torch.zeros(1, 0, dtype=torch.long), 5)
+
+
+def test_a_vocabulary_padded_past_gpt2s_never_samples_the_padding():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig.from_preset("tiny", vocab_size=50304))
+    prompt = torch.randint(0, 50257, (2, 4))
+    with torch.no_grad():  # the padding rows: the likeliest row scaled up, so the model prefers them
+        model.lm_head.weight[50257:] = 10 * model.lm_head.weight[model(prompt)[0][0, -1].argmax()]
+        assert model(prompt)[0][0, -1].argmax() >= 50257
+    for temperature in (0.0, 1.0):
+        out = generate(model, prompt, 20, temperature=temperature, seed=1)
+        assert out.max() < 50257
