@@ -45,7 +45,7 @@ def main() -> None:
     prompts = [torch.tensor(tokenizer.encode(p)) for p in load_params(args.params).generate.prompts]
     spacing = (len(tokens) - 16) // args.starts
     prompts += [tokens[i * spacing:i * spacing + 16] for i in range(args.starts)]
-    result = {"machine": machine(runtime.device), "model": args.model, "tokens": args.tokens, "weights": {}}
+    result = {"machine": machine(runtime), "model": args.model, "tokens": args.tokens, "weights": {}}
     variants = {"fp32": reference}
     for weights in ("bf16", "int8"):
         candidate = prepare_for_inference(copy.deepcopy(reference), weights, runtime.device)

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gptcore.bench import flops_per_token, nanogpt_twin
 from gptcore.callbacks import TrainerCallback
 from gptcore.model import GPT, ModelConfig
 from gptcore.sampling import generate
@@ -140,11 +141,6 @@ def train_throughput(device: str, compile_model: bool, peak_tflops: float, batch
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2 ** 30}
 
 
-def flops_per_token(config: ModelConfig, n_params: int) -> float:
-    """nanoGPT's estimate_mfu count: 6N + 12 L d T, N without the position embeddings."""
-    return 6 * n_params + 12 * config.n_layers * config.emb_dim * config.context_length
-
-
 def loop_throughput(model, config: ModelConfig, device: str, compile_model: bool, peak_tflops: float, batch: int,
                     steps: int, precision: str = "bf16") -> dict:
     """A peer's training step as nanoGPT's train.py takes it (autocast, fused AdamW, forward(idx, targets)
@@ -211,8 +207,6 @@ def main() -> int:
         result["throughput"].append(row)
         print(f"train 124M ctx 1024 bf16 {'compiled' if compile_model else 'eager'}: {json.dumps(row)}", flush=True)
     if args.nanogpt is not None:
-        from gptcore.bench import nanogpt_twin
-
         result["nanogpt"] = []
         for compile_model in (False, True):
             torch.manual_seed(0)

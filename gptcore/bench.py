@@ -23,12 +23,10 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
-from .inference import prepare_for_inference
-from .machine import cpu_model
+from .inference import prepare_for_inference, weights_on
 from .model import GPT, ModelConfig
 from .runtime import Runtime, fast_bf16, setup_runtime
 from .sampling import generate
-from .settings.generate import INFERENCE_WEIGHTS
 from .settings.model import EOT_ID, VOCAB_SIZE
 
 
@@ -194,9 +192,8 @@ def bench_model(preset: str, context: int, *, precisions, batch_size: int, round
 
 def bench_generation(model, twin, rounds: int, device, rows: list, new_tokens=200):
     """Greedy decoding against HF's cached generate (fp32), gptcore with each of its inference weights."""
-    kinds = [weights for weights in INFERENCE_WEIGHTS
-             if weights != "auto" and (weights != "int8" or device.type == "cpu")]  # int8: a CPU kernel
-    variants = {weights: prepare_for_inference(copy.deepcopy(model), weights, device) for weights in kinds}
+    variants = {weights: prepare_for_inference(copy.deepcopy(model), weights, device)
+                for weights in weights_on(device)}
     for batch in (1, 8):
         prompt = torch.randint(0, VOCAB_SIZE, (batch, 8), device=device)
         seconds = interleaved({**{weights: greedy(net, prompt, new_tokens, False) for weights, net in variants.items()},
@@ -277,13 +274,12 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def machine(device) -> str:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name()
-    else:
-        flags = {"AVX512-BF16": torch.cpu._is_avx512_bf16_supported(), "AMX": torch.cpu._is_amx_tile_supported()}
-        name = f"{cpu_model()}, {torch.get_num_threads()} threads, " + ", ".join(
-            f"{flag} {'yes' if present else 'no'}" for flag, present in flags.items())
+def machine(runtime: Runtime) -> str:
+    """The machine line of every table, from the runtime record the metrics carry."""
+    described = runtime.describe()
+    name = described.get("gpu") or (f"{described['cpu']}, {runtime.threads} threads, AVX512-BF16 "
+                                     f"{'yes' if described['avx512_bf16'] else 'no'}, AMX "
+                                     f"{'yes' if described['amx_tile'] else 'no'}")
     return f"{name}; torch {torch.__version__}; CPU capability {torch.backends.cpu.get_cpu_capability()}"
 
 
@@ -307,7 +303,7 @@ def run_benchmark(contexts=(256, 1024), *, rounds: int = 3, device_name: str = "
     bench_tracking(rounds, step["batch"] * step["context"] / step["tokens_per_s"], rows)
     if corpus is not None and tokenize_mb:
         bench_tokenization(corpus, tokenize_mb, rows)
-    return {"machine": machine(device), "device": device.type, "rounds": rounds, "preset": preset,
+    return {"machine": machine(runtime), "device": device.type, "rounds": rounds, "preset": preset,
             "matmul_peak_tflops": {k: v / 1e12 for k, v in peaks.items()},
             "peak_memory_mb": peak_memory_mb(device), "rows": rows}
 

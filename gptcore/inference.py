@@ -21,6 +21,12 @@ from .sampling import generate
 from .settings.generate import INFERENCE_WEIGHTS
 
 
+def weights_on(device: torch.device) -> list[str]:
+    """The inference weights (other than auto) that decode on device: int8 is a CPU kernel."""
+    return [weights for weights in INFERENCE_WEIGHTS
+            if weights != "auto" and (weights != "int8" or device.type == "cpu")]
+
+
 def resolve_weights(weights: str, device: torch.device) -> str:
     """'auto' is the fastest measured path: int8 on the CPU, bf16 on a GPU that has it, else fp32."""
     if weights not in INFERENCE_WEIGHTS:
@@ -29,8 +35,8 @@ def resolve_weights(weights: str, device: torch.device) -> str:
         if device.type == "cpu":
             return "int8"
         return "bf16" if fast_bf16(device) else "fp32"
-    if weights == "int8" and device.type != "cpu":
-        raise ConfigError(f"generate.weights = int8 runs on the CPU only (PyTorch's int8 weight-only kernel); "
+    if weights not in weights_on(device):
+        raise ConfigError(f"generate.weights = {weights} runs on the CPU only (PyTorch's int8 weight-only kernel); "
                           f"on {device.type} use bf16 or auto")
     return weights
 

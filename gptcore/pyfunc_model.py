@@ -17,12 +17,11 @@ class GptcoreModel(mlflow.pyfunc.PythonModel):
 
         from gptcore.checkpoint import load_model
         from gptcore.inference import prepare_for_inference
-        from gptcore.settings import default
         from gptcore.settings.generate import GenerateConfig
         from gptcore.tokenizer import Tokenizer
 
-        weights = default(GenerateConfig.__dataclass_fields__["weights"])  # as `gptcore generate` decodes
-        self.model = prepare_for_inference(load_model(context.artifacts["model"]), weights, torch.device("cpu"))
+        self.model = prepare_for_inference(load_model(context.artifacts["model"]), GenerateConfig().weights,
+                                           torch.device("cpu"))  # the default, as `gptcore generate` decodes
         self.tokenizer = Tokenizer()
 
     def predict(self, context, model_input, params=None):
