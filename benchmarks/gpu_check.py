@@ -13,7 +13,11 @@ Checks (each prints one line, PASS or FAIL, with the measured numbers):
   5. training throughput of GPT-2 124M at context 1024 in bf16, eager and torch.compile'd, through the
      Trainer as the pipeline uses it: tokens/s and MFU (nanoGPT's 6N + 12 L T d FLOPs per token);
   6. with --nanogpt DIR (a nanoGPT checkout carried to the machine), nanoGPT's GPT in the same training
-     step, eager and compiled, for the side-by-side numbers.
+     step, eager and compiled, for the side-by-side numbers;
+  7. the benchmark's side-by-side table on this card (`gptcore bench`'s rows, eager: training steps and
+     evaluation passes at context 1024 in fp32 (TF32) and bf16 beside HF and nanoGPT, greedy decoding with
+     fp32 and bf16 weights beside HF's cached generate), for docs/benchmarks.md.
+The JSON is rewritten after each part, so a run stopped at its time limit keeps what it measured.
 Uses random tokens (no corpus, no tokenizer files) and no MLflow or DVC, so it runs on a bare GPU
 machine with PyTorch, safetensors, tiktoken, tqdm and numpy. On a CPU-only machine it exits 0 after
 saying so (the CPU test suite runs its helpers on the CPU).
@@ -32,9 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptcore.bench import flops_per_token, nanogpt_twin
+from gptcore.bench import bench_generation, bench_model, flops_per_token, format_table, machine, matmul_peak, \
+    nanogpt_twin, peak_memory_mb
 from gptcore.callbacks import TrainerCallback
 from gptcore.model import GPT, ModelConfig
+from gptcore.runtime import setup_runtime
 from gptcore.sampling import generate
 from gptcore.settings.train import TrainConfig
 from gptcore.trainer import Trainer, TrainingInterrupted
@@ -153,9 +159,10 @@ def loop_throughput(model, config: ModelConfig, device: str, compile_model: bool
     context, seconds = config.context_length, []
     for _ in range(steps):
         tokens = torch.randint(0, 50257, (batch, context + 1), device=device)
+        inputs, targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()  # as nanoGPT's get_batch stacks
         started = time.perf_counter()
         with autocast:
-            _, loss = step_model(tokens[:, :-1], tokens[:, 1:])
+            _, loss = step_model(inputs, targets)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -169,6 +176,21 @@ def loop_throughput(model, config: ModelConfig, device: str, compile_model: bool
             "mfu": flops_per_token(config, n) * tokens_per_second / (peak_tflops * 1e12)}
 
 
+def side_by_side(device: str, nanogpt: Path | None, *, preset: str = "gpt2-small", context: int = 1024,
+                 batch: int = 16, rounds: int = 3, precisions=("fp32", "bf16")) -> dict:
+    """`gptcore bench`'s side-by-side rows on this device, in the format of its table."""
+    runtime = setup_runtime(device, "fp32")  # on CUDA: TF32 on for fp32 matmuls, as training sets it
+    peaks = {name: matmul_peak(dtype, runtime.device, max_size=8192)
+             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    rows: list[dict] = []
+    model, twin = bench_model(preset, context, precisions=precisions, batch_size=batch, rounds=rounds,
+                              runtime=runtime, peaks=peaks, rows=rows, nanogpt=nanogpt)
+    bench_generation(model, twin, rounds, runtime.device, rows)
+    return {"machine": machine(runtime), "device": runtime.device.type, "rounds": rounds, "preset": preset,
+            "matmul_peak_tflops": {k: v / 1e12 for k, v in peaks.items()},
+            "peak_memory_mb": peak_memory_mb(runtime.device), "rows": rows}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="gpu_check.json")
@@ -177,6 +199,10 @@ def main() -> int:
     parser.add_argument("--nanogpt", type=Path, default=None,
                         help="a nanoGPT checkout (carried to the GPU machine): its GPT trained beside gptcore's")
     args = parser.parse_args()
+
+    def save(result: dict):
+        Path(args.out).write_text(json.dumps(result, indent=2))
+
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check here (run it on a GPU machine)")
         return 0
@@ -198,6 +224,7 @@ def main() -> int:
         failed += not outcome["passed"]
         shown = {k: v for k, v in outcome.items() if k != "losses"}
         print(f"{'PASS' if outcome['passed'] else 'FAIL'} {name}: {json.dumps(shown)}", flush=True)
+        save(result)
     result["throughput"] = []
     for compile_model in (False, True):
         try:
@@ -206,17 +233,28 @@ def main() -> int:
             row, failed = {"compile": compile_model, "error": f"{type(error).__name__}: {error}"}, failed + 1
         result["throughput"].append(row)
         print(f"train 124M ctx 1024 bf16 {'compiled' if compile_model else 'eager'}: {json.dumps(row)}", flush=True)
+        save(result)
     if args.nanogpt is not None:
         result["nanogpt"] = []
         for compile_model in (False, True):
             torch.manual_seed(0)
             config = ModelConfig.from_preset("gpt2-small", context_length=1024)
-            row = loop_throughput(nanogpt_twin(args.nanogpt, config), config, device, compile_model, peak,
-                                  args.batch, args.steps)
+            try:
+                row = loop_throughput(nanogpt_twin(args.nanogpt, config), config, device, compile_model, peak,
+                                      args.batch, args.steps)
+            except Exception as error:
+                row = {"compile": compile_model, "error": f"{type(error).__name__}: {error}"}
             result["nanogpt"].append(row)
             print(f"nanoGPT 124M ctx 1024 bf16 {'compiled' if compile_model else 'eager'}: {json.dumps(row)}",
                   flush=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+            save(result)
+    try:
+        result["side_by_side"] = side_by_side(device, args.nanogpt)
+        print(format_table(result["side_by_side"]), flush=True)
+    except Exception as error:
+        result["side_by_side"], failed = {"error": f"{type(error).__name__}: {error}"}, failed + 1
+        print(f"side-by-side table: {result['side_by_side']['error']}", flush=True)
+    save(result)
     return 1 if failed else 0
 
 

@@ -88,6 +88,13 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def vocab_padded_linear(x: torch.Tensor, weight: torch.Tensor, multiple: int = 64) -> torch.Tensor:
+    """x @ weight.T, multiplied with weight's rows zero-padded to a multiple of `multiple` and the padding's
+    columns dropped (a view): the same logits and gradients, through an aligned matmul."""
+    padding = -weight.shape[0] % multiple
+    return F.linear(x, F.pad(weight, (0, 0, 0, padding)))[..., :weight.shape[0]]
+
+
 def sinusoidal_table(context_length: int, emb_dim: int) -> torch.Tensor:
     """(context_length, emb_dim) table of Vaswani et al.: sin on even, cos on odd dimensions."""
     position = torch.arange(context_length, dtype=torch.float32).unsqueeze(1)
@@ -208,7 +215,10 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if last_token_only:
             x = x[:, -1:, :]
-        logits = self.lm_head(x)
+        # cuBLAS takes its tensor-core kernels only when a row of the output is 16-byte aligned; GPT-2's
+        # 50,257 columns are not, so on CUDA the head runs padded (see docs/benchmarks.md, H100 table).
+        # Elsewhere it computes as it always has, bit for bit.
+        logits = vocab_padded_linear(x, self.lm_head.weight) if x.device.type == "cuda" else self.lm_head(x)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())

@@ -32,9 +32,23 @@ def test_the_peer_training_loop_reports_speed_and_mfu_on_the_cpu():
 
     from gptcore.model import GPT, ModelConfig
 
+    class ViewingGPT(GPT):  # nanoGPT's forward views its targets, which needs them contiguous
+        def forward(self, idx, targets):
+            return super().forward(idx, targets.view(-1).view(targets.shape))
+
     torch.manual_seed(0)
     config = ModelConfig.from_preset("tiny", context_length=32)
-    row = gpu_check.loop_throughput(GPT(config), config, "cpu", False, 1.0, batch=2, steps=4, precision="fp32")
+    row = gpu_check.loop_throughput(ViewingGPT(config), config, "cpu", False, 1.0, batch=2, steps=4,
+                                    precision="fp32")
     assert row["tokens_per_second"] == pytest.approx(2 * 32 / row["median_step_seconds"])
     n = GPT(config).num_parameters() - 32 * 64
     assert row["mfu"] == pytest.approx((6 * n + 12 * 2 * 64 * 32) * row["tokens_per_second"] / 1e12)
+
+
+def test_the_side_by_side_table_runs_on_the_cpu():  # context 256: HF decodes 8 + 200 positions
+    result = gpu_check.side_by_side("cpu", None, preset="tiny", context=256, batch=2, rounds=1, precisions=("fp32",))
+    measured = {(row["measure"], row["impl"], row["precision"]) for row in result["rows"]}
+    assert {("train step", "gptcore", "fp32"), ("train step", "hf", "fp32"), ("eval forward", "gptcore", "fp32"),
+            ("greedy generate", "gptcore", "int8"), ("greedy generate", "hf", "fp32")} <= measured
+    table = gpu_check.format_table(result)
+    assert table.startswith("Machine: ") and "| train step | 256 | 2 | fp32 |" in table

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gptcore.model import GPT, KVCache, ModelConfig, sinusoidal_table
+from gptcore.model import GPT, KVCache, ModelConfig, sinusoidal_table, vocab_padded_linear
 
 
 def count_parameters(**overrides) -> int:
@@ -101,3 +101,19 @@ def test_tied_embeddings_share_storage():
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
     untied = GPT(ModelConfig.from_preset("tiny", tie_embeddings=False))
     assert untied.lm_head.weight.data_ptr() != untied.transformer.wte.weight.data_ptr()
+
+
+def test_the_padded_head_gives_the_logits_and_gradients_of_the_plain_one():
+    # the CUDA head's math, run here in fp64 so that only a wrong padding or slice could differ
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 48, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50257, 48, dtype=torch.float64, requires_grad=True)
+    padded = vocab_padded_linear(x, weight)
+    assert padded.shape == (2, 5, 50257)
+    plain = torch.nn.functional.linear(x, weight)
+    torch.testing.assert_close(padded, plain, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn_like(plain)
+    grads_padded = torch.autograd.grad(padded, (x, weight), upstream)
+    grads_plain = torch.autograd.grad(plain, (x, weight), upstream)
+    for got, expected in zip(grads_padded, grads_plain):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
