@@ -59,7 +59,8 @@ def train_step(model, optimizer, micro_batches, *, runtime: Runtime, max_grad_no
     """One optimizer step over the micro-batches: forward and backward of each (gradients averaged over
     the accumulation), the finite-loss check, clipping at max_grad_norm (inf: measure only), the update.
 
-    The loss stays on the device until the step ends (one host sync per step, not per micro-batch).
+    The loss stays on the device until the update is due: the loss and the norm are read together, the
+    step's one host sync (none per micro-batch).
     Returns the step's loss (mean over micro-batches and processes), gradient norm before clipping and
     tokens (all processes).
     """
@@ -77,14 +78,16 @@ def train_step(model, optimizer, micro_batches, *, runtime: Runtime, max_grad_no
             scaled = loss / len(micro_batches)
             (scaler.scale(scaled) if scaler else scaled).backward()
         loss_sum += loss.detach()
-    (loss_sum,) = distributed.all_reduce_sum([loss_sum.item()], runtime.device)
+    if scaler:
+        scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    # one read of both: the step's only wait for the device (an idle GPU until the next launch)
+    loss_sum, grad_norm = torch.stack([loss_sum, grad_norm.to(loss_sum.dtype)]).tolist()
+    (loss_sum,) = distributed.all_reduce_sum([loss_sum], runtime.device)
     train_loss = loss_sum / (len(micro_batches) * ranks.world_size)
     if not math.isfinite(train_loss):
         raise NonFiniteLossError(f"training loss is {train_loss} at step {step}; stopped without saving, the last "
                                  f"good checkpoint is kept. Lower train.peak_lr or use precision fp32/bf16")
-    if scaler:
-        scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm).item()
     if scaler:
         scaler.step(optimizer)
         scaler.update()
