@@ -28,7 +28,8 @@ def weights_on(device: torch.device) -> list[str]:
 
 
 def resolve_weights(weights: str, device: torch.device) -> str:
-    """'auto' is the fastest measured path: int8 on the CPU, bf16 on a GPU that has it, else fp32."""
+    """'auto': int8 on the CPU (the fastest measured there), bf16 on a GPU that has it (half the memory;
+    for 124M on an H100 fp32 decoded faster: docs/benchmarks.md), else fp32."""
     if weights not in INFERENCE_WEIGHTS:
         raise ConfigError(f"generate.weights = {weights!r} is invalid; use one of {', '.join(INFERENCE_WEIGHTS)}")
     if weights == "auto":

@@ -92,6 +92,8 @@ def vocab_padded_linear(x: torch.Tensor, weight: torch.Tensor, multiple: int = 6
     """x @ weight.T, multiplied with weight's rows zero-padded to a multiple of `multiple` and the padding's
     columns dropped (a view): the same logits and gradients, through an aligned matmul."""
     padding = -weight.shape[0] % multiple
+    if padding == 0:
+        return F.linear(x, weight)
     return F.linear(x, F.pad(weight, (0, 0, 0, padding)))[..., :weight.shape[0]]
 
 
