@@ -36,11 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptcore.bench import bench_generation, bench_model, flops_per_token, format_table, machine, matmul_peak, \
-    nanogpt_twin, peak_memory_mb
+from gptcore.bench import flops_per_token, format_table, matmul_peak, nanogpt_twin, run_benchmark
 from gptcore.callbacks import TrainerCallback
 from gptcore.model import GPT, ModelConfig
-from gptcore.runtime import setup_runtime
 from gptcore.sampling import generate
 from gptcore.settings.train import TrainConfig
 from gptcore.trainer import Trainer, TrainingInterrupted
@@ -50,19 +48,6 @@ SMALL = dict(n_layers=4, n_heads=4, emb_dim=256, context_length=128)
 
 def random_tokens(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 50257, n).astype(np.uint16)
-
-
-def matmul_tflops(device: torch.device, dtype=torch.bfloat16, n: int = 8192, rounds: int = 10) -> float:
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(rounds):
-        a @ b
-    end.record()
-    torch.cuda.synchronize()
-    return 2 * n ** 3 * rounds / (start.elapsed_time(end) / 1e3) / 1e12
 
 
 def small_run(precision: str, steps: int = 20, drop_rate: float = 0.0, checkpoint_dir=None, callbacks=(),
@@ -177,18 +162,10 @@ def loop_throughput(model, config: ModelConfig, device: str, compile_model: bool
 
 
 def side_by_side(device: str, nanogpt: Path | None, *, preset: str = "gpt2-small", context: int = 1024,
-                 batch: int = 16, rounds: int = 3, precisions=("fp32", "bf16")) -> dict:
-    """`gptcore bench`'s side-by-side rows on this device, in the format of its table."""
-    runtime = setup_runtime(device, "fp32")  # on CUDA: TF32 on for fp32 matmuls, as training sets it
-    peaks = {name: matmul_peak(dtype, runtime.device, max_size=8192)
-             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    rows: list[dict] = []
-    model, twin = bench_model(preset, context, precisions=precisions, batch_size=batch, rounds=rounds,
-                              runtime=runtime, peaks=peaks, rows=rows, nanogpt=nanogpt)
-    bench_generation(model, twin, rounds, runtime.device, rows)
-    return {"machine": machine(runtime), "device": runtime.device.type, "rounds": rounds, "preset": preset,
-            "matmul_peak_tflops": {k: v / 1e12 for k, v in peaks.items()},
-            "peak_memory_mb": peak_memory_mb(runtime.device), "rows": rows}
+                 rounds: int = 3, precisions=("fp32", "bf16")) -> dict:
+    """`gptcore bench`'s side-by-side rows on this device, without MLflow (a bare GPU machine has none)."""
+    return run_benchmark((context,), rounds=rounds, device_name=device, tokenize_mb=0, precisions=precisions,
+                         preset=preset, nanogpt=nanogpt, tracking=False)
 
 
 def main() -> int:
@@ -209,7 +186,7 @@ def main() -> int:
     device = "cuda"
     result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda}
     print(f"{result['gpu']}, torch {result['torch']}, CUDA {result['cuda']}", flush=True)
-    result["bf16_matmul_tflops"] = peak = matmul_tflops(torch.device(device))
+    result["bf16_matmul_tflops"] = peak = matmul_peak(torch.bfloat16, torch.device(device), rounds=10) / 1e12
     print(f"bf16 matmul 8192^3: {peak:.0f} TFLOP/s", flush=True)
     checks = [("precisions", lambda: check_precisions(device)), ("kv_cache", lambda: check_kv_cache(device)),
               ("resume_fp32", lambda: check_resume(device, "fp32")),

@@ -218,9 +218,11 @@ class GPT(nn.Module):
         if last_token_only:
             x = x[:, -1:, :]
         # cuBLAS takes its tensor-core kernels only when a row of the output is 16-byte aligned; GPT-2's
-        # 50,257 columns are not, so on CUDA the head runs padded (see docs/benchmarks.md, H100 table).
+        # 50,257 columns are not, so on CUDA training and evaluation run the head padded (docs/benchmarks.md,
+        # H100). A decoding step's one position per sequence would pay the weight's copy for nothing.
         # Elsewhere it computes as it always has, bit for bit.
-        logits = vocab_padded_linear(x, self.lm_head.weight) if x.device.type == "cuda" else self.lm_head(x)
+        padded = x.device.type == "cuda" and not last_token_only
+        logits = vocab_padded_linear(x, self.lm_head.weight) if padded else self.lm_head(x)
         if targets is None:
             return logits, None
         # the log-softmax in fp32 whatever the logits' dtype: the numbers of casting the logits first, and

@@ -57,7 +57,7 @@ def build_optimizer(model: GPT, config: TrainConfig, device: torch.device) -> to
 def train_step(model, optimizer, micro_batches, *, runtime: Runtime, max_grad_norm: float,
                scaler: torch.amp.GradScaler | None = None, ddp: bool = False, step: int = 0) -> dict:
     """One optimizer step over the micro-batches: forward and backward of each (gradients averaged over
-    the accumulation), the finite-loss check, clipping at max_grad_norm (inf: measure only), the update.
+    the accumulation), clipping at max_grad_norm (inf: measure only), the finite-loss check, the update.
 
     The loss stays on the device until the update is due: the loss and the norm are read together, the
     step's one host sync (none per micro-batch).
