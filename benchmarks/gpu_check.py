@@ -133,31 +133,49 @@ def train_throughput(device: str, compile_model: bool, peak_tflops: float, batch
 
 
 def loop_throughput(model, config: ModelConfig, device: str, compile_model: bool, peak_tflops: float, batch: int,
-                    steps: int, precision: str = "bf16") -> dict:
-    """A peer's training step as nanoGPT's train.py takes it (autocast, fused AdamW, forward(idx, targets)
-    -> (logits, loss), one host sync per step), on random tokens: tokens/s and MFU by the same count."""
+                    steps: int, precision: str = "bf16", grad_clip: float = 1.0, log_interval: int = 10) -> dict:
+    """nanoGPT's train.py training loop around a model whose forward(idx, targets) gives (logits, loss):
+    autocast, fused AdamW, the next batch drawn (pinned, copied without blocking) while the step runs, the
+    gradient clipped at grad_clip, the loss read every log_interval steps (the loop's only host sync).
+    Tokens/s over the steps between the second read and the last (compile and warm-up come before), MFU by
+    the FLOP count of the Trainer's rows."""
     model = model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, fused=True)
     step_model = torch.compile(model) if compile_model else model
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
                               enabled=precision == "bf16")
-    context, seconds = config.context_length, []
-    for _ in range(steps):
-        tokens = torch.randint(0, 50257, (batch, context + 1), device=device)
-        inputs, targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()  # as nanoGPT's get_batch stacks
-        started = time.perf_counter()
+    context, tokens = config.context_length, torch.from_numpy(random_tokens(1_000_000).astype(np.int64))
+
+    def get_batch():
+        starts = torch.randint(len(tokens) - context, (batch,)).tolist()
+        inputs = torch.stack([tokens[start:start + context] for start in starts])
+        targets = torch.stack([tokens[start + 1:start + 1 + context] for start in starts])
+        if torch.device(device).type != "cuda":
+            return inputs, targets
+        return inputs.pin_memory().to(device, non_blocking=True), targets.pin_memory().to(device, non_blocking=True)
+
+    started, reads = time.perf_counter(), []  # (step, time) after each loss read
+    inputs, targets = get_batch()
+    for step in range(steps):
         with autocast:
             _, loss = step_model(inputs, targets)
+        inputs, targets = get_batch()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss.item()
-        seconds.append(time.perf_counter() - started)
-    steady = statistics.median(seconds[len(seconds) // 2:])
-    tokens_per_second = batch * context / steady
+        if step % log_interval == 0 or step == steps - 1:
+            loss.item()
+            reads.append((step, time.perf_counter()))
+    if len(reads) < 3:
+        raise ValueError(f"{steps} steps give {len(reads)} loss reads at log_interval {log_interval}; need 3")
+    (first_step, first_time), (last_step, last_time) = reads[1], reads[-1]
+    step_seconds = (last_time - first_time) / (last_step - first_step)
+    tokens_per_second = batch * context / step_seconds
     n = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
-    return {"compile": compile_model, "batch": batch, "context": context, "steps": steps,
-            "first_step_seconds": seconds[0], "median_step_seconds": steady, "tokens_per_second": tokens_per_second,
+    return {"compile": compile_model, "batch": batch, "context": context, "steps": steps, "grad_clip": grad_clip,
+            "log_interval": log_interval, "first_step_seconds": reads[0][1] - started, "step_seconds": step_seconds,
+            "tokens_per_second": tokens_per_second,
             "mfu": flops_per_token(config, n) * tokens_per_second / (peak_tflops * 1e12)}
 
 
@@ -211,19 +229,20 @@ def main() -> int:
         result["throughput"].append(row)
         print(f"train 124M ctx 1024 bf16 {'compiled' if compile_model else 'eager'}: {json.dumps(row)}", flush=True)
         save(result)
-    if args.nanogpt is not None:
-        result["nanogpt"] = []
-        for compile_model in (False, True):
+    if args.nanogpt is not None:  # nanoGPT's train.py loop: nanoGPT's GPT, then gptcore's model in it
+        result["nanogpt_loop"] = []
+        for name, compile_model in (("nanogpt", False), ("nanogpt", True), ("gptcore", True)):
             torch.manual_seed(0)
-            config = ModelConfig.from_preset("gpt2-small", context_length=1024)
+            config = ModelConfig.from_preset("gpt2-small", context_length=1024, drop_rate=0.0)
             try:
-                row = loop_throughput(nanogpt_twin(args.nanogpt, config), config, device, compile_model, peak,
-                                      args.batch, args.steps)
+                model = nanogpt_twin(args.nanogpt, config) if name == "nanogpt" else GPT(config)
+                row = {"model": name, **loop_throughput(model, config, device, compile_model, peak, args.batch,
+                                                        args.steps)}
             except Exception as error:
-                row = {"compile": compile_model, "error": f"{type(error).__name__}: {error}"}
-            result["nanogpt"].append(row)
-            print(f"nanoGPT 124M ctx 1024 bf16 {'compiled' if compile_model else 'eager'}: {json.dumps(row)}",
-                  flush=True)
+                row = {"model": name, "compile": compile_model, "error": f"{type(error).__name__}: {error}"}
+            result["nanogpt_loop"].append(row)
+            print(f"{name} 124M ctx 1024 bf16 {'compiled' if compile_model else 'eager'} in nanoGPT's train.py loop: "
+                  f"{json.dumps(row)}", flush=True)
             save(result)
     try:
         result["side_by_side"] = side_by_side(device, args.nanogpt)

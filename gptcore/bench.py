@@ -110,8 +110,9 @@ def book_twin(config: ModelConfig):
 
 
 def nanogpt_twin(folder: Path, config: ModelConfig):
-    """nanoGPT's GPT from the model.py of a nanoGPT checkout, configured as its train.py configures GPT-2
-    (biases on, vocabulary padded to 50,304)."""
+    """nanoGPT's GPT from the model.py of a nanoGPT checkout, configured as its train.py trains GPT-2 from
+    scratch (train.py's defaults: no biases in the Linear and LayerNorm layers, the vocabulary padded to
+    50,304, dropout 0)."""
     source = Path(folder) / "model.py"
     if not source.is_file():
         raise ConfigError(f"--nanogpt {folder}: no model.py there; give the folder of a nanoGPT checkout")
@@ -119,7 +120,7 @@ def nanogpt_twin(folder: Path, config: ModelConfig):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.GPT(module.GPTConfig(block_size=config.context_length, vocab_size=50304, n_layer=config.n_layers,
-                                       n_head=config.n_heads, n_embd=config.emb_dim, dropout=0.0, bias=True))
+                                       n_head=config.n_heads, n_embd=config.emb_dim, dropout=0.0, bias=False))
 
 
 class TrainStep:

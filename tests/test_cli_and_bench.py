@@ -109,6 +109,6 @@ def test_nanogpt_peer_is_the_gpt_of_a_checkouts_model_py_configured_as_its_train
         "    def __init__(self, config):\n        super().__init__()\n        self.config = config\n")
     twin = nanogpt_twin(tmp_path, ModelConfig.from_preset("tiny", context_length=48))
     assert vars(twin.config) == {"block_size": 48, "vocab_size": 50304, "n_layer": 2, "n_head": 2, "n_embd": 64,
-                                 "dropout": 0.0, "bias": True}
+                                 "dropout": 0.0, "bias": False}
     with pytest.raises(ConfigError, match=f"--nanogpt {tmp_path / 'none'}: no model.py there"):
         nanogpt_twin(tmp_path / "none", ModelConfig.from_preset("tiny"))

@@ -27,7 +27,7 @@ def test_without_cuda_the_script_says_so_and_succeeds(monkeypatch, capsys):
     assert "no CUDA device" in capsys.readouterr().out
 
 
-def test_the_peer_training_loop_reports_speed_and_mfu_on_the_cpu():
+def test_nanogpts_training_loop_reports_speed_and_mfu_on_the_cpu():
     import torch
 
     from gptcore.model import GPT, ModelConfig
@@ -38,11 +38,16 @@ def test_the_peer_training_loop_reports_speed_and_mfu_on_the_cpu():
 
     torch.manual_seed(0)
     config = ModelConfig.from_preset("tiny", context_length=32)
-    row = gpu_check.loop_throughput(ViewingGPT(config), config, "cpu", False, 1.0, batch=2, steps=4,
-                                    precision="fp32")
-    assert row["tokens_per_second"] == pytest.approx(2 * 32 / row["median_step_seconds"])
+    model = ViewingGPT(config)
+    before = [p.detach().clone() for p in model.parameters()]
+    row = gpu_check.loop_throughput(model, config, "cpu", False, 1.0, batch=2, steps=5, precision="fp32",
+                                    log_interval=2)
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # every parameter trained
+    assert row["tokens_per_second"] == pytest.approx(2 * 32 / row["step_seconds"])
     n = GPT(config).num_parameters() - 32 * 64
     assert row["mfu"] == pytest.approx((6 * n + 12 * 2 * 64 * 32) * row["tokens_per_second"] / 1e12)
+    with pytest.raises(ValueError, match="4 steps give 2 loss reads at log_interval 10; need 3"):
+        gpu_check.loop_throughput(model, config, "cpu", False, 1.0, batch=2, steps=4, precision="fp32")
 
 
 def test_the_side_by_side_table_runs_on_the_cpu():  # context 256: HF decodes 8 + 200 positions
