@@ -129,6 +129,7 @@ class RandomWindows:
         starts = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
         windows = np.stack([self.tokens[s:s + self.context_length + 1] for s in starts.tolist()])
         windows = torch.from_numpy(windows.astype(np.int64))
-        if self.pin_memory:
-            windows = windows.pin_memory()
-        return windows[:, :-1], windows[:, 1:]
+        inputs, targets = windows[:, :-1], windows[:, 1:]
+        if self.pin_memory:  # contiguous: a strided view would reach the GPU through an unpinned copy
+            inputs, targets = inputs.contiguous().pin_memory(), targets.contiguous().pin_memory()
+        return inputs, targets

@@ -71,6 +71,16 @@ def test_random_windows_are_a_function_of_the_step():
     assert torch.equal(windows.batch(7)[0], x) and not torch.equal(windows.batch(8)[0], x)
 
 
+def test_pinned_random_windows_are_contiguous(monkeypatch):
+    # torch copies a strided CPU tensor to the GPU through an unpinned contiguous copy: pinning the view
+    # would be wasted (pinning itself needs CUDA, so it is recorded here, not done)
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda tensor: pinned.append(tensor.is_contiguous()) or tensor)
+    x, y = RandomWindows(np.arange(5000, dtype=np.uint16), 16, batch_size=4, seed=1, pin_memory=True).batch(7)
+    assert pinned == [True, True]
+    assert torch.equal(x, RandomWindows(np.arange(5000, dtype=np.uint16), 16, batch_size=4, seed=1).batch(7)[0])
+
+
 @pytest.mark.parametrize("skip_batches", [0, 2])
 def test_ranks_split_each_global_batch_of_one_process(skip_batches):
     """2 ranks x batch 3 see, step by step, the windows of 1 process x batch 6, and never the same one."""
