@@ -12,8 +12,9 @@ Checks (each prints one line, PASS or FAIL, with the measured numbers):
      dropout, so the CUDA generator state travels with the checkpoint);
   5. training throughput of GPT-2 124M at context 1024 in bf16, eager and torch.compile'd, through the
      Trainer as the pipeline uses it: tokens/s and MFU (nanoGPT's 6N + 12 L T d FLOPs per token);
-  6. with --nanogpt DIR (a nanoGPT checkout carried to the machine), nanoGPT's GPT in the same training
-     step, eager and compiled, for the side-by-side numbers;
+  6. with --nanogpt DIR (a nanoGPT checkout carried to the machine), nanoGPT's train.py loop (clipping,
+     one loss read per 10 steps, the next batch drawn during the step) with nanoGPT's GPT, eager and
+     compiled, and with gptcore's model compiled: the target peer, and the Trainer's own cost beside 5;
   7. the benchmark's side-by-side table on this card (`gptcore bench`'s rows, eager: training steps and
      evaluation passes at context 1024 in fp32 (TF32) and bf16 beside HF and nanoGPT, greedy decoding with
      fp32 and bf16 weights beside HF's cached generate), for docs/benchmarks.md.
