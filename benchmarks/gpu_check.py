@@ -39,6 +39,7 @@ import torch
 
 from gptcore.bench import flops_per_token, format_table, matmul_peak, nanogpt_twin, run_benchmark
 from gptcore.callbacks import TrainerCallback
+from gptcore.datasets import RandomWindows
 from gptcore.model import GPT, ModelConfig
 from gptcore.sampling import generate
 from gptcore.settings.train import TrainConfig
@@ -113,6 +114,12 @@ def check_resume(device: str, precision: str) -> dict:
     return {"precision": precision, "differing_tensors": differing, "passed": not differing}
 
 
+def mfu(model, config: ModelConfig, tokens_per_second: float, peak_tflops: float) -> float:
+    """Achieved over peak FLOP/s, by nanoGPT's count for any of the models (a tied head counted once)."""
+    n = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
+    return flops_per_token(config, n) * tokens_per_second / (peak_tflops * 1e12)
+
+
 def train_throughput(device: str, compile_model: bool, peak_tflops: float, batch: int, steps: int) -> dict:
     torch.manual_seed(0)
     model = GPT(ModelConfig.from_preset("gpt2-small", context_length=1024, drop_rate=0.0))
@@ -126,10 +133,9 @@ def train_throughput(device: str, compile_model: bool, peak_tflops: float, batch
     seconds = [s["step_seconds"] for s in history["steps"]]
     steady = statistics.median(seconds[len(seconds) // 2:])
     tokens_per_second = batch * 1024 / steady
-    n = model.num_parameters() - model.transformer.wpe.weight.numel()
     return {"compile": compile_model, "batch": batch, "context": 1024, "steps": steps,
             "first_step_seconds": seconds[0], "median_step_seconds": steady, "tokens_per_second": tokens_per_second,
-            "mfu": flops_per_token(model.config, n) * tokens_per_second / (peak_tflops * 1e12), "wall_seconds": wall,
+            "mfu": mfu(model, model.config, tokens_per_second, peak_tflops), "wall_seconds": wall,
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2 ** 30}
 
 
@@ -145,22 +151,19 @@ def loop_throughput(model, config: ModelConfig, device: str, compile_model: bool
     step_model = torch.compile(model) if compile_model else model
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
                               enabled=precision == "bf16")
-    context, tokens = config.context_length, torch.from_numpy(random_tokens(1_000_000).astype(np.int64))
+    context = config.context_length
+    windows = RandomWindows(random_tokens(1_000_000), context, batch_size=batch, seed=0,
+                            pin_memory=torch.device(device).type == "cuda")  # train.py's get_batch
 
-    def get_batch():
-        starts = torch.randint(len(tokens) - context, (batch,)).tolist()
-        inputs = torch.stack([tokens[start:start + context] for start in starts])
-        targets = torch.stack([tokens[start + 1:start + 1 + context] for start in starts])
-        if torch.device(device).type != "cuda":
-            return inputs, targets
-        return inputs.pin_memory().to(device, non_blocking=True), targets.pin_memory().to(device, non_blocking=True)
+    def get_batch(step: int):  # contiguous, as train.py stacks them (its forward views the targets)
+        return tuple(t.to(device, non_blocking=True).contiguous() for t in windows.batch(step))
 
     started, reads = time.perf_counter(), []  # (step, time) after each loss read
-    inputs, targets = get_batch()
+    inputs, targets = get_batch(0)
     for step in range(steps):
         with autocast:
             _, loss = step_model(inputs, targets)
-        inputs, targets = get_batch()
+        inputs, targets = get_batch(step + 1)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
@@ -173,11 +176,10 @@ def loop_throughput(model, config: ModelConfig, device: str, compile_model: bool
     (first_step, first_time), (last_step, last_time) = reads[1], reads[-1]
     step_seconds = (last_time - first_time) / (last_step - first_step)
     tokens_per_second = batch * context / step_seconds
-    n = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
     return {"compile": compile_model, "batch": batch, "context": context, "steps": steps, "grad_clip": grad_clip,
             "log_interval": log_interval, "first_step_seconds": reads[0][1] - started, "step_seconds": step_seconds,
             "tokens_per_second": tokens_per_second,
-            "mfu": flops_per_token(config, n) * tokens_per_second / (peak_tflops * 1e12)}
+            "mfu": mfu(model, config, tokens_per_second, peak_tflops)}
 
 
 def side_by_side(device: str, nanogpt: Path | None, *, preset: str = "gpt2-small", context: int = 1024,
