@@ -112,21 +112,41 @@ def test_an_mlflow_server_lists_the_run_with_its_histories(project):
             assert len(history) == points, metric
 
 
+def queue_report(project) -> str:
+    """The queue's status and the end of the log of each experiment that failed or still runs."""
+    status = run(["dvc", "queue", "status"], project)
+    tasks = [line.split()[0] for line in status.splitlines()[1:] if line.split()[-1:] in (["Failed"], ["Running"])]
+    logs = [subprocess.run(["dvc", "queue", "logs", task], cwd=project, capture_output=True, text=True).stdout[-3000:]
+            for task in tasks]
+    return "\n".join([status, *logs])
+
+
 def test_a_queued_grid_runs_two_at_a_time_into_one_store(tmp_path):
-    """On a fresh project: the two workers also create the MLflow store and experiment at the same time."""
+    """On a project with no MLflow store yet: the two workers also create the store and the experiment at the
+    same time. The data stages run first, as the README says (two workers building the same stage race in
+    DVC's run cache)."""
     (tmp_path / "grid").mkdir()
     project = make_project(tmp_path / "grid")
+    run(["dvc", "repro", "tokenize"], project)
+    assert not (project / "mlruns").exists()
     grid = ["-S", "train.peak_lr=choice(3e-4,1e-3)", "-S", "train.seed=range(1,3)", "-S", "train.max_steps=12",
             "-S", "train.eval_freq=6", "-S", "tracking.registered_model=null"]
     run(["dvc", "exp", "run", "--queue", *grid], project)
-    run(["dvc", "queue", "start", "-j", "2"], project)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        status = run(["dvc", "queue", "status"], project)
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(5)
-    assert status.count("Success") == 4, status
+    # the workers inherit the starting command's streams: captured, they would hold it until the queue is empty
+    with open(tmp_path / "queue-start.log", "w") as log:
+        started = subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=project, stdout=log,
+                                 stderr=subprocess.STDOUT, timeout=120)
+    assert started.returncode == 0, (tmp_path / "queue-start.log").read_text()
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            status = run(["dvc", "queue", "status"], project)
+            if "Queued" not in status and "Running" not in status:
+                break
+            time.sleep(5)
+        assert status.count("Success") == 4, queue_report(project)
+    finally:  # no worker outlives the test
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=project, capture_output=True, timeout=120)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project))
     experiments = [exp for commit in shown for exp in (commit.get("experiments") or [])]
     assert len(experiments) == 4
