@@ -132,7 +132,7 @@ def test_a_queued_grid_runs_two_at_a_time_into_one_store(tmp_path):
     grid = ["-S", "train.peak_lr=choice(3e-4,1e-3)", "-S", "train.seed=range(1,3)", "-S", "train.max_steps=12",
             "-S", "train.eval_freq=6", "-S", "tracking.registered_model=null"]
     run(["dvc", "exp", "run", "--queue", *grid], project)
-    # the workers inherit the starting command's streams: captured, they would hold it until the queue is empty
+    # the workers inherit the starting command's streams: captured, they would hold it until the last one exits
     with open(tmp_path / "queue-start.log", "w") as log:
         started = subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=project, stdout=log,
                                  stderr=subprocess.STDOUT, timeout=120)
