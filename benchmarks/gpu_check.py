@@ -43,6 +43,7 @@ from gptcore.datasets import RandomWindows
 from gptcore.model import GPT, ModelConfig
 from gptcore.sampling import generate
 from gptcore.settings.train import TrainConfig
+from gptcore.tasks import LanguageModeling
 from gptcore.trainer import Trainer, TrainingInterrupted
 
 SMALL = dict(n_layers=4, n_heads=4, emb_dim=256, context_length=128)
@@ -59,7 +60,7 @@ def small_run(precision: str, steps: int = 20, drop_rate: float = 0.0, checkpoin
     config = TrainConfig(epochs=None, max_steps=steps, batch_size=8, windows="random", peak_lr=1e-3,
                          warmup_steps=2, eval_freq=10, eval_iter=2, precision=precision, device=device,
                          sample_tokens=0, checkpoint_every=0, seed=1)
-    trainer = Trainer(model, config, random_tokens(200_000), random_tokens(20_000, 1),
+    trainer = Trainer(model, config, LanguageModeling(random_tokens(200_000), random_tokens(20_000, 1)),
                       checkpoint_dir=checkpoint_dir, callbacks=callbacks)
     return trainer
 
@@ -126,7 +127,7 @@ def train_throughput(device: str, compile_model: bool, peak_tflops: float, batch
     config = TrainConfig(epochs=None, max_steps=steps, batch_size=batch, windows="random", peak_lr=6e-4,
                          warmup_steps=2, eval_freq=10 ** 6, eval_iter=1, precision="bf16", device=device,
                          compile=compile_model, sample_tokens=0, weight_decay_on="matrices")
-    trainer = Trainer(model, config, random_tokens(5_000_000), random_tokens(100_000, 1))
+    trainer = Trainer(model, config, LanguageModeling(random_tokens(5_000_000), random_tokens(100_000, 1)))
     started = time.perf_counter()
     history = trainer.fit()
     wall = time.perf_counter() - started

@@ -17,6 +17,8 @@ class TrainerCallback:
 
     def on_eval(self, record: dict): ...
 
+    def on_epoch(self, record: dict): ...
+
     def on_sample(self, record: dict): ...
 
     def on_train_end(self, history: dict): ...
@@ -43,6 +45,12 @@ class PrintProgress(TrainerCallback):
     def on_eval(self, record: dict):
         self._print(f"step {record['step']:6d} | tokens {record['tokens_seen']:9,d} | train loss "
                     f"{record['train_loss']:.3f} | val loss {record['val_loss']:.3f}")
+
+    def on_epoch(self, record: dict):
+        measured = " | ".join(f"{key.replace('_', ' ')} {value:.2%}" if key.endswith("accuracy") else
+                              f"{key.replace('_', ' ')} {value:.3f}" for key, value in record.items()
+                              if key not in ("step", "epoch", "tokens_seen"))
+        self._print(f"epoch {record['epoch'] + 1} | {measured}")
 
     def on_sample(self, record: dict):
         self._print(f"epoch {record['epoch'] + 1} sample: {record['text']}")

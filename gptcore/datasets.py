@@ -13,6 +13,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .errors import GptcoreError
 
 
+def to_device(batch, device: torch.device) -> list[torch.Tensor]:
+    """A batch's tensors on the device (copies from pinned memory overlap the work)."""
+    return [tensor.to(device, non_blocking=True) for tensor in batch]
+
+
 class SplitTooShortError(GptcoreError, ValueError):
     pass
 

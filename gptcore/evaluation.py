@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from . import distributed
-from .datasets import GPTDataset, make_dataloader
+from .datasets import GPTDataset, make_dataloader, to_device
 from .model import GPT
 from .runtime import Runtime
 from .token_files import load_tokens
@@ -19,7 +19,7 @@ from .token_files import load_tokens
 
 @torch.no_grad()
 def evaluate_loss(model: GPT, batches, *, num_batches: int | None, runtime: Runtime) -> float:
-    """Mean loss over the first num_batches batches (all when None).
+    """Mean loss over the first num_batches batches (all when None); a batch is the model's arguments.
 
     Under DDP the processes share the batches out (batch i goes to rank i mod world size).
     """
@@ -27,13 +27,13 @@ def evaluate_loss(model: GPT, batches, *, num_batches: int | None, runtime: Runt
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for index, (inputs, targets) in enumerate(batches):
+    for index, batch in enumerate(batches):
         if num_batches is not None and index >= num_batches:
             break
         if index % ranks.world_size != ranks.rank:
             continue
         with runtime.autocast():
-            _, loss = model(inputs.to(runtime.device, non_blocking=True), targets.to(runtime.device, non_blocking=True))
+            _, loss = model(*to_device(batch, runtime.device))
         total += loss.item()
         count += 1
     model.train(was_training)

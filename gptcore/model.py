@@ -196,20 +196,24 @@ class GPT(nn.Module):
         """Distinct parameters: a tied output head is counted once, as OpenAI's 124M does."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, last_token_only=False):
-        """idx (B, T) token ids -> logits (B, T, vocab) or (B, 1, vocab); loss when targets (B, T) given.
-
-        With kv_cache, idx holds only the new tokens: they take positions kv_cache.length onwards.
-        """
-        B, T = idx.shape
-        start = kv_cache.length if kv_cache is not None else 0
+    def embed(self, idx, start: int = 0):
+        """idx (B, T) token ids at positions start.. -> the residual stream entering block 0 (B, T, emb_dim)."""
+        T = idx.shape[1]
         if start + T > self.config.context_length:
             raise ValueError(f"sequence of {start + T} tokens exceeds context_length "
                              f"{self.config.context_length}; crop the input first")
         positions = torch.arange(start, start + T, device=idx.device)
         pos_emb = self.transformer.wpe(positions) if self.config.pos_embedding == "learned" \
             else self.sinusoidal_pos[positions]
-        x = self.transformer.drop(self.transformer.wte(idx) + pos_emb)  # (B, T, emb_dim)
+        return self.transformer.drop(self.transformer.wte(idx) + pos_emb)
+
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, last_token_only=False):
+        """idx (B, T) token ids -> logits (B, T, vocab) or (B, 1, vocab); loss when targets (B, T) given.
+
+        With kv_cache, idx holds only the new tokens: they take positions kv_cache.length onwards.
+        """
+        start = kv_cache.length if kv_cache is not None else 0
+        x = self.embed(idx, start)
         for i, block in enumerate(self.transformer.h):
             x = block(x, kv_cache.buffer[i] if kv_cache is not None else None, start)
         if kv_cache is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 import textwrap
 from dataclasses import Field, dataclass, fields
@@ -18,9 +19,11 @@ from pathlib import Path
 from .atomic import atomic_write_text
 from .errors import ConfigError
 from .settings import default, doc
+from .settings.classify import CLASSIFY_TRAIN_DEFAULTS, ClassifyConfig
 from .settings.data import DataConfig
 from .settings.evaluate import EvaluateConfig
 from .settings.generate import GenerateConfig
+from .settings.lora import LoraConfig
 from .settings.model import ModelConfig, ModelSource
 from .settings.tracking import TrackingConfig
 from .settings.train import TrainConfig
@@ -28,7 +31,13 @@ from .settings.train import TrainConfig
 # section -> its dataclasses; the model section is ModelSource's fields, then ModelConfig's as overrides
 # of the preset (null: the preset's value)
 SECTIONS = {"data": (DataConfig,), "model": (ModelSource, ModelConfig), "train": (TrainConfig,),
-            "evaluate": (EvaluateConfig,), "generate": (GenerateConfig,), "tracking": (TrackingConfig,)}
+            "lora": (LoraConfig,), "evaluate": (EvaluateConfig,), "generate": (GenerateConfig,),
+            "tracking": (TrackingConfig,), "classify": (ClassifyConfig,), "classify_train": (TrainConfig,),
+            "classify_lora": (LoraConfig,)}
+# a section that reuses another's dataclass: (that section, the title of this one, its own defaults)
+REUSED = {"classify_train": ("train", "the classifier's fine-tuning: the training loop's settings, the book's "
+                                      "chapter 6 by default", CLASSIFY_TRAIN_DEFAULTS),
+          "classify_lora": ("lora", "the classifier's adapters (appendix E: rank 16, alpha 16, lr 8e-4)", {})}
 RENAMED = {"train.sampling": "train.windows"}
 HEADER = """\
 # gptcore pipeline parameters. Every key is defined, documented and validated in gptcore/settings/;
@@ -52,8 +61,19 @@ def is_override(section: str, definition: Field) -> bool:
 
 
 def section_defaults(section: str) -> dict:
-    return {name: None if is_override(section, definition) else default(definition)
+    own = REUSED[section][2] if section in REUSED else {}
+    return {name: None if is_override(section, definition) else own.get(name, default(definition))
             for name, definition in section_fields(section).items()}
+
+
+def build(section: str, cls, values: dict):
+    """cls(**values), its errors naming this section's keys when it reuses another's dataclass."""
+    try:
+        return cls(**values)
+    except ConfigError as error:
+        if section not in REUSED:
+            raise
+        raise ConfigError(re.sub(rf"\b{REUSED[section][0]}\.", f"{section}.", str(error))) from None
 
 
 @dataclass(frozen=True)
@@ -68,6 +88,10 @@ class Params:
     evaluate: EvaluateConfig
     generate: GenerateConfig
     tracking: TrackingConfig
+    lora: LoraConfig
+    classify: ClassifyConfig
+    classify_train: TrainConfig
+    classify_lora: LoraConfig
 
 
 def validate(raw, source: str = "params.yaml") -> Params:
@@ -95,10 +119,10 @@ def validate(raw, source: str = "params.yaml") -> Params:
         model = values["model"]
         source_fields = {key: model[key] for key in ModelSource.__dataclass_fields__}
         overrides = {key: value for key, value in model.items() if key not in source_fields and value is not None}
-        return Params(values, DataConfig(**values["data"]), ModelSource(**source_fields),
-                      ModelConfig.from_preset(source_fields["preset"], **overrides),
-                      TrainConfig(**values["train"]), EvaluateConfig(**values["evaluate"]),
-                      GenerateConfig(**values["generate"]), TrackingConfig(**values["tracking"]))
+        plain = {section: build(section, classes[0], values[section]) for section, classes in SECTIONS.items()
+                 if section != "model"}
+        return Params(values, model=ModelSource(**source_fields),
+                      model_config=ModelConfig.from_preset(source_fields["preset"], **overrides), **plain)
     except ConfigError as error:
         raise ParamsError(f"{source}: {error}") from None
 
@@ -156,7 +180,8 @@ def render(values: dict) -> str:
     lines = [HEADER.rstrip("\n")]
     for section in SECTIONS:
         module_doc = sys.modules[SECTIONS[section][-1].__module__].__doc__.strip().splitlines()[0]
-        lines += ["", f"# {module_doc.split(': ', 1)[1].rstrip('.')}", f"{section}:"]
+        title = REUSED[section][1] if section in REUSED else module_doc.split(': ', 1)[1].rstrip('.')
+        lines += ["", f"# {title}", f"{section}:"]
         if section == "model":
             lines.append("  # the keys from vocab_size on override the preset; null keeps the preset's value")
         for name, definition in section_fields(section).items():

@@ -31,6 +31,7 @@ from .sampling import continue_prompts
 from .token_files import load_tokens
 from .tokenizer import Tokenizer
 from .tracking import RUN_FILE, Tracker, TrackingCallback, repo_root
+from .tasks import LanguageModeling
 from .trainer import Trainer
 
 
@@ -80,8 +81,8 @@ def train(params: Params, *, tokens_dir: Path, model_dir: Path, metrics_file: Pa
         tracker = start_or_resume_run(params, checkpoint_dir, tokens_dir) \
             if params.tracking.enabled and ranks.is_main else None
         callbacks = [PrintProgress()] + ([TrackingCallback(tracker, params.tracking.log_every)] if tracker else [])
-        trainer = Trainer(model, params.train, load_tokens(tokens_dir / "train.bin"),
-                          load_tokens(tokens_dir / "val.bin"), tokenizer=Tokenizer(), checkpoint_dir=checkpoint_dir,
+        task = LanguageModeling(load_tokens(tokens_dir / "train.bin"), load_tokens(tokens_dir / "val.bin"))
+        trainer = Trainer(model, params.train, task, tokenizer=Tokenizer(), checkpoint_dir=checkpoint_dir,
                           callbacks=callbacks)
         if tracker:  # what the numbers were made on, known from the start of the run
             tracker.set_tags({f"runtime.{k}": v for k, v in trainer.runtime.describe().items()})

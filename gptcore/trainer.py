@@ -1,8 +1,9 @@
 """The training loop: AdamW, warmup + cosine LR, clipping, accumulation, mixed precision, exact resume.
 
 `train_step` is one optimizer step; `Trainer.fit` is the book's train_model around it: evaluate every
-eval_freq steps, sample at each epoch end, checkpoint, stop cleanly on SIGTERM. Everything it reports
-goes to callbacks (gptcore.callbacks). Under torchrun the same loop runs DDP: each process trains on its
+eval_freq steps, sample at each epoch end, checkpoint, stop cleanly on SIGTERM. It serves every task:
+the task (gptcore.tasks) gives the batches, the module whose forward returns the loss and what evaluation
+measures. Everything it reports goes to callbacks (gptcore.callbacks). Under torchrun the same loop runs DDP: each process trains on its
 shard of every global batch, losses are averaged over the processes, and only rank 0 calls the
 callbacks and writes checkpoints.
 """
@@ -16,21 +17,20 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, restore_rng_states, rng_states, \
     save_checkpoint
-from .datasets import GPTDataset, RandomWindows, make_dataloader
+from .datasets import to_device
 from .errors import ConfigError, GptcoreError
-from .evaluation import evaluate_loss
 from .model import GPT
 from .runtime import Runtime, setup_runtime
 from .sampling import generate
 from .schedule import learning_rate
 from .settings.train import TrainConfig
+from .tasks import Task
 
 
 class NonFiniteLossError(GptcoreError):
@@ -42,7 +42,7 @@ class TrainingInterrupted(GptcoreError):
     does not record it as done)."""
 
 
-def build_optimizer(model: GPT, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW with weight decay on every parameter (the book) or on 2-D tensors only (nanoGPT)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if config.weight_decay_on == "all":
@@ -58,6 +58,8 @@ def train_step(model, optimizer, micro_batches, *, runtime: Runtime, max_grad_no
                scaler: torch.amp.GradScaler | None = None, ddp: bool = False, step: int = 0) -> dict:
     """One optimizer step over the micro-batches: forward and backward of each (gradients averaged over
     the accumulation), clipping at max_grad_norm (inf: measure only), the finite-loss check, the update.
+    A micro-batch is the model's positional arguments (inputs, then targets); its forward returns
+    (outputs, loss).
 
     The loss stays on the device until the update is due: the loss and the norm are read together, the
     step's one host sync (none per micro-batch).
@@ -68,13 +70,12 @@ def train_step(model, optimizer, micro_batches, *, runtime: Runtime, max_grad_no
     # float64 sums the float32 losses as Python floats would (MPS has no float64)
     loss_sum = torch.zeros((), dtype=torch.float32 if runtime.device.type == "mps" else torch.float64,
                            device=runtime.device)
-    for index, (inputs, targets) in enumerate(micro_batches):
+    for index, batch in enumerate(micro_batches):
         # DDP: average gradients once, after the last micro-batch
         accumulate_only = ddp and index < len(micro_batches) - 1
         with model.no_sync() if accumulate_only else contextlib.nullcontext():
             with runtime.autocast():
-                _, loss = model(inputs.to(runtime.device, non_blocking=True),
-                                targets.to(runtime.device, non_blocking=True))
+                _, loss = model(*to_device(batch, runtime.device))
             scaled = loss / len(micro_batches)
             (scaler.scale(scaled) if scaler else scaled).backward()
         loss_sum += loss.detach()
@@ -94,13 +95,13 @@ def train_step(model, optimizer, micro_batches, *, runtime: Runtime, max_grad_no
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    tokens = sum(inputs.numel() for inputs, _ in micro_batches) * ranks.world_size
+    tokens = sum(batch[0].shape[0] * batch[0].shape[1] for batch in micro_batches) * ranks.world_size
     return {"train_loss": train_loss, "grad_norm": grad_norm, "tokens": tokens}
 
 
 class Trainer:
-    def __init__(self, model: GPT, config: TrainConfig, train_tokens: np.ndarray, val_tokens: np.ndarray, *,
-                 tokenizer=None, checkpoint_dir=None, callbacks=()):
+    def __init__(self, model: torch.nn.Module, config: TrainConfig, task: Task, *, tokenizer=None,
+                 checkpoint_dir=None, callbacks=()):
         self.ranks = ranks = distributed.current()
         self.config, self.tokenizer = config, tokenizer
         self.callbacks = list(callbacks) if ranks.is_main else []
@@ -108,17 +109,10 @@ class Trainer:
                                      local_rank=ranks.local_rank if ranks.enabled else None,
                                      processes_here=ranks.local_world_size, processes=ranks.world_size)
         self.model = model.to(self.runtime.device)
-        context = model.config.context_length
-        self.train_windows = GPTDataset(train_tokens, context, config.stride or context, "train")
-        self.val_windows = GPTDataset(val_tokens, context, context, "validation")
-        self.pin_memory = self.runtime.device.type == "cuda"  # host-to-GPU copies overlap the step
-        self.train_loader = make_dataloader(self.train_windows, batch_size=config.batch_size, shuffle=config.shuffle,
-                                            drop_last=config.drop_last, seed=config.seed, rank=ranks.rank,
-                                            world_size=ranks.world_size, pin_memory=self.pin_memory)
-        if config.windows == "random":
-            self.random_windows = RandomWindows(train_tokens, context, batch_size=config.batch_size, seed=config.seed,
-                                                rank=ranks.rank, world_size=ranks.world_size,
-                                                pin_memory=self.pin_memory)
+        self.task = task
+        # pinned host memory: host-to-GPU copies overlap the step
+        task.bind(self.model, config, self.runtime, ranks, pin_memory=self.runtime.device.type == "cuda")
+        self.train_loader = task.train_loader
         self.steps_per_epoch = len(self.train_loader) // config.grad_accum_steps
         if self.steps_per_epoch == 0 and config.max_steps is None:
             raise ConfigError(f"one epoch gives {len(self.train_loader)} batches, fewer than train.grad_accum_steps "
@@ -127,13 +121,14 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config, self.runtime.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.runtime.precision == "fp16" else None
         # what the loop calls: the model, compiled and/or wrapped by DDP (which averages gradients)
-        self.training_model = torch.compile(self.model) if config.compile else self.model
+        module = task.training_module(self.model)
+        self.training_model = torch.compile(module) if config.compile else module
         if ranks.enabled:
             device_ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
             self.training_model = DistributedDataParallel(self.training_model, device_ids=device_ids)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.step = self.epoch = self.batches_in_epoch = self.tokens_seen = 0
-        self.history = {"steps": [], "evals": [], "samples": []}
+        self.history = {"steps": [], "evals": [], "epochs": [], "samples": []}
         self.stop_signal = None
         self._epoch_batches = None
 
@@ -167,9 +162,10 @@ class Trainer:
             self._report("on_step", {"step": self.step, "epoch": self.epoch, "tokens_seen": self.tokens_seen,
                                      "train_loss": result["train_loss"], "lr": lr, "grad_norm": result["grad_norm"],
                                      "step_seconds": seconds, "tokens_per_second": result["tokens"] / seconds})
-            if self.step % config.eval_freq == 0 or self.step == self.total_steps:
+            if (self.step - config.eval_offset) % config.eval_freq == 0 or self.step == self.total_steps:
                 self._evaluate()
-            if config.windows == "sliding" and self.batches_in_epoch >= self.steps_per_epoch * config.grad_accum_steps:
+            if not self.task.draws_at_random and \
+                    self.batches_in_epoch >= self.steps_per_epoch * config.grad_accum_steps:
                 self._end_epoch()
             self._stop_if_signalled()
             if config.checkpoint_every and self.step % config.checkpoint_every == 0 and self.step < self.total_steps:
@@ -185,21 +181,20 @@ class Trainer:
         return config.max_grad_norm if clipping else float("inf")
 
     def _report(self, event: str, record: dict):
-        self.history[{"on_step": "steps", "on_eval": "evals", "on_sample": "samples"}[event]].append(record)
+        self.history[{"on_step": "steps", "on_eval": "evals", "on_epoch": "epochs", "on_sample": "samples"}[event]] \
+            .append(record)
         for callback in self.callbacks:
             getattr(callback, event)(record)
 
     def _evaluate(self):
-        # batches of the global batch size, shared out between the processes by evaluate_loss
-        loaders = [make_dataloader(windows, batch_size=self.config.batch_size * self.ranks.world_size, shuffle=False,
-                                   drop_last=False, seed=0, split=split, pin_memory=self.pin_memory)
-                   for windows, split in ((self.train_windows, "train"), (self.val_windows, "validation"))]
-        train_loss, val_loss = (evaluate_loss(self.model, loader, num_batches=self.config.eval_iter,
-                                              runtime=self.runtime) for loader in loaders)
-        self._report("on_eval", {"step": self.step, "tokens_seen": self.tokens_seen, "train_loss": train_loss,
-                                 "val_loss": val_loss})
+        self._report("on_eval", {"step": self.step, "tokens_seen": self.tokens_seen,
+                                 **self.task.evaluate(self.model, self.runtime, self.config.eval_iter)})
 
     def _end_epoch(self):
+        measured = self.task.evaluate_epoch(self.model, self.runtime, self.config.eval_iter)
+        if measured:
+            self._report("on_epoch", {"step": self.step, "epoch": self.epoch, "tokens_seen": self.tokens_seen,
+                                      **measured})
         self._sample()
         self.epoch += 1
         self.batches_in_epoch = 0
@@ -218,8 +213,8 @@ class Trainer:
     # -- data ----------------------------------------------------------------------------------------
     def next_batch(self, micro_step: int):
         """The next training micro-batch; its content depends only on the position, so resume is exact."""
-        if self.config.windows == "random":
-            return self.random_windows.batch(self.step * self.config.grad_accum_steps + micro_step)
+        if self.task.draws_at_random:
+            return self.task.random_batch(self.step * self.config.grad_accum_steps + micro_step)
         if self._epoch_batches is None:
             self.train_loader.sampler.set_position(self.epoch, self.batches_in_epoch)
             self._epoch_batches = iter(self.train_loader)
@@ -250,7 +245,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.batches_in_epoch, self.tokens_seen = state["batches_in_epoch"], state["tokens_seen"]
-        self.history = state["history"]
+        self.history = {"epochs": [], **state["history"]}
         if len(state["rng"]) != self.ranks.world_size:
             raise CheckpointError(f"checkpoint {folder} was written by {len(state['rng'])} process(es), this run "
                                   f"has {self.ranks.world_size}; run with {len(state['rng'])} (train.nproc) or "

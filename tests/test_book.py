@@ -22,6 +22,7 @@ from gptcore.sampling import generate
 from gptcore.settings.data import VERDICT_SHA256, VERDICT_URL
 from gptcore.settings.train import TrainConfig
 from gptcore.token_files import load_tokens, tokenize_splits
+from gptcore.tasks import LanguageModeling
 from gptcore.trainer import Trainer
 
 pytest.importorskip("llms_from_scratch", reason="the book's package: pip install --no-deps llms-from-scratch")
@@ -182,7 +183,7 @@ def test_training_matches_the_books_train_model_step_for_step(verdict, tmp_path,
 
     for start in (lambda: load_model(tmp_path / "model.pth", n_heads=2, drop_rate=0.0), gptcore_draw):
         model = start()
-        history = Trainer(model, config, train_tokens, val_tokens).fit()
+        history = Trainer(model, config, LanguageModeling(train_tokens, val_tokens)).fit()
         assert [s["lr"] for s in history["steps"]] == book_lrs  # equal, not close: the same formula
         np.testing.assert_allclose([e["train_loss"] for e in history["evals"]], book_train, atol=1e-5, rtol=0)
         np.testing.assert_allclose([e["val_loss"] for e in history["evals"]], book_val, atol=1e-5, rtol=0)

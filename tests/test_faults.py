@@ -22,6 +22,7 @@ from gptcore.params import read_yaml
 from gptcore.settings.tracking import TrackingConfig
 from gptcore.settings.train import TrainConfig
 from gptcore.tracking import Tracker, TrackingUnavailable
+from gptcore.tasks import LanguageModeling
 from gptcore.trainer import Trainer
 
 
@@ -34,7 +35,8 @@ def tiny():
 def checkpoint(tmp_path):
     trainer = Trainer(tiny(), TrainConfig(max_steps=2, precision="fp32", device="cpu", sample_tokens=0,
                                           eval_freq=2, eval_iter=1),
-                      np.arange(200, dtype=np.uint16), np.arange(40, dtype=np.uint16), checkpoint_dir=tmp_path)
+                      LanguageModeling(np.arange(200, dtype=np.uint16), np.arange(40, dtype=np.uint16)),
+                      checkpoint_dir=tmp_path)
     trainer.fit()
     return latest_checkpoint(tmp_path)
 
@@ -57,7 +59,8 @@ def test_damaged_checkpoint_is_reported_with_its_path(checkpoint, damage):
 def test_resume_refuses_a_damaged_checkpoint_instead_of_starting_over(checkpoint, tmp_path):
     (checkpoint / "trainer_state.pt").write_bytes(b"garbage")
     trainer = Trainer(tiny(), TrainConfig(max_steps=4, precision="fp32", device="cpu", sample_tokens=0),
-                      np.arange(200, dtype=np.uint16), np.arange(40, dtype=np.uint16), checkpoint_dir=tmp_path)
+                      LanguageModeling(np.arange(200, dtype=np.uint16), np.arange(40, dtype=np.uint16)),
+                      checkpoint_dir=tmp_path)
     with pytest.raises(CheckpointError, match="trainer_state.pt"):
         trainer.resume()
 
@@ -162,7 +165,8 @@ def test_latest_pointer_to_a_missing_checkpoint_is_an_error_not_a_fresh_start(ch
 def test_checkpoint_of_another_process_count_is_refused(checkpoint, tmp_path):
     """A checkpoint holds one RNG state per DDP process; resuming it with another count is an error."""
     trainer = Trainer(tiny(), TrainConfig(max_steps=4, precision="fp32", device="cpu", sample_tokens=0),
-                      np.arange(200, dtype=np.uint16), np.arange(40, dtype=np.uint16), checkpoint_dir=tmp_path)
+                      LanguageModeling(np.arange(200, dtype=np.uint16), np.arange(40, dtype=np.uint16)),
+                      checkpoint_dir=tmp_path)
     state = trainer.state_dict()
     save_checkpoint(tmp_path, trainer.model, {**state, "step": 3, "rng": state["rng"] * 2})
     with pytest.raises(CheckpointError, match="written by 2 process\\(es\\), this run has 1"):

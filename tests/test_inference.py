@@ -87,7 +87,7 @@ def test_int8_and_bf16_decoding_stay_within_the_stated_bounds_of_fp32_on_a_train
     model = GPT(ModelConfig.from_preset("tiny", drop_rate=0.0))
     Trainer(model, TrainConfig(max_steps=100, batch_size=8, peak_lr=3e-3, warmup_steps=5, weight_decay=0.0,
                                beta2=0.95, cosine_decay=False, eval_freq=100, precision="fp32", checkpoint_every=0),
-            train, val).fit()
+            LanguageModeling(train, val)).fit()
     reference = model.eval()
     train = torch.from_numpy(train.astype("int64"))
     prompts = [train[i * 500:i * 500 + 8] for i in range(8)]

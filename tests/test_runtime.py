@@ -16,6 +16,7 @@ from gptcore.model import GPT, ModelConfig
 from gptcore.params import read_yaml
 from gptcore.runtime import AUTO_PRECISION_ENV, fast_bf16, physical_cores, resolve_precision, setup_runtime
 from gptcore.settings.train import TrainConfig
+from gptcore.tasks import LanguageModeling
 from gptcore.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def train_losses(precision: str) -> list[float]:
     tokens = np.random.default_rng(0).integers(0, 1000, 16 * 24 + 1).astype(np.uint16)
     config = TrainConfig(max_steps=6, batch_size=2, peak_lr=1e-3, warmup_steps=2, eval_freq=3, eval_iter=2,
                          precision=precision, device="cpu", sample_tokens=0)
-    return [s["train_loss"] for s in Trainer(model, config, tokens, tokens[:65]).fit()["steps"]]
+    return [s["train_loss"] for s in Trainer(model, config, LanguageModeling(tokens, tokens[:65])).fit()["steps"]]
 
 
 @needs_native_bf16

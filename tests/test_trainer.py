@@ -10,6 +10,7 @@ from gptcore.callbacks import PrintProgress, TrainerCallback
 from gptcore.checkpoint import latest_checkpoint
 from gptcore.model import GPT, ModelConfig
 from gptcore.settings.train import TrainConfig
+from gptcore.tasks import LanguageModeling
 from gptcore.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, build_optimizer
 
 CONTEXT = 16
@@ -46,7 +47,7 @@ def test_weight_decay_on_every_parameter_as_the_book_or_on_2d_weights_only():
 
 
 def test_records_lr_schedule_and_evaluations():
-    trainer = Trainer(tiny_model(), config(), TRAIN, VAL)
+    trainer = Trainer(tiny_model(), config(), LanguageModeling(TRAIN, VAL))
     history = trainer.fit()
     steps = history["steps"]
     assert trainer.steps_per_epoch == 12 and len(steps) == trainer.total_steps == 24
@@ -59,8 +60,8 @@ def test_records_lr_schedule_and_evaluations():
 
 
 def test_grad_norm_is_reported_before_clipping_and_clipping_changes_the_update():
-    clipped = Trainer(tiny_model(0.0), config(max_steps=1, max_grad_norm=1e-3, clip_after_warmup=False), TRAIN, VAL)
-    unclipped = Trainer(tiny_model(0.0), config(max_steps=1, max_grad_norm=0), TRAIN, VAL)
+    clipped = Trainer(tiny_model(0.0), config(max_steps=1, max_grad_norm=1e-3, clip_after_warmup=False), LanguageModeling(TRAIN, VAL))
+    unclipped = Trainer(tiny_model(0.0), config(max_steps=1, max_grad_norm=0), LanguageModeling(TRAIN, VAL))
     norm_clipped = clipped.fit()["steps"][0]["grad_norm"]
     norm_unclipped = unclipped.fit()["steps"][0]["grad_norm"]
     assert norm_clipped == pytest.approx(norm_unclipped, rel=1e-6) and norm_clipped > 1e-3
@@ -71,7 +72,7 @@ def test_grad_norm_is_reported_before_clipping_and_clipping_changes_the_update()
 def test_clip_after_warmup_leaves_the_warmup_steps_unclipped_as_the_book_does():
     def weights_after(steps, **overrides):
         settings = {"max_steps": steps, "warmup_steps": 2, "max_grad_norm": 1e-3, **overrides}
-        trainer = Trainer(tiny_model(0.0), config(**settings), TRAIN, VAL)
+        trainer = Trainer(tiny_model(0.0), config(**settings), LanguageModeling(TRAIN, VAL))
         norms = [s["grad_norm"] for s in trainer.fit()["steps"]]
         return trainer.model.transformer.h[0].mlp.c_fc.weight.detach().clone(), norms
 
@@ -86,9 +87,9 @@ def test_clip_after_warmup_leaves_the_warmup_steps_unclipped_as_the_book_does():
 
 
 def test_gradient_accumulation_equals_a_larger_batch():
-    big = Trainer(tiny_model(0.0), config(max_steps=3, batch_size=4, shuffle=False), TRAIN, VAL)
+    big = Trainer(tiny_model(0.0), config(max_steps=3, batch_size=4, shuffle=False), LanguageModeling(TRAIN, VAL))
     accumulated = Trainer(tiny_model(0.0), config(max_steps=3, batch_size=2, grad_accum_steps=2,
-                                                  shuffle=False), TRAIN, VAL)
+                                                  shuffle=False), LanguageModeling(TRAIN, VAL))
     big_losses = [s["train_loss"] for s in big.fit()["steps"]]
     accumulated_losses = [s["train_loss"] for s in accumulated.fit()["steps"]]
     assert big_losses == pytest.approx(accumulated_losses, abs=1e-5)
@@ -97,10 +98,10 @@ def test_gradient_accumulation_equals_a_larger_batch():
 
 
 def test_resume_continues_the_identical_trajectory(tmp_path):
-    straight = Trainer(tiny_model(), config(), TRAIN, VAL, checkpoint_dir=tmp_path / "a")
+    straight = Trainer(tiny_model(), config(), LanguageModeling(TRAIN, VAL), checkpoint_dir=tmp_path / "a")
     straight_history = straight.fit()
 
-    first = Trainer(tiny_model(), config(), TRAIN, VAL, checkpoint_dir=tmp_path / "b")
+    first = Trainer(tiny_model(), config(), LanguageModeling(TRAIN, VAL), checkpoint_dir=tmp_path / "b")
 
     class StopAtStep11(TrainerCallback):  # as SIGTERM does: mid-epoch, so the data position matters
         def on_step(self, record):
@@ -111,7 +112,7 @@ def test_resume_continues_the_identical_trajectory(tmp_path):
     with pytest.raises(TrainingInterrupted, match="step 11"):
         first.fit()
     torch.manual_seed(999)  # a different global RNG state must not matter after resume
-    resumed = Trainer(tiny_model(seed=1), config(), TRAIN, VAL, checkpoint_dir=tmp_path / "b")
+    resumed = Trainer(tiny_model(seed=1), config(), LanguageModeling(TRAIN, VAL), checkpoint_dir=tmp_path / "b")
     assert resumed.resume() and resumed.step == 11
     resumed_history = resumed.fit()
 
@@ -124,7 +125,7 @@ def test_resume_continues_the_identical_trajectory(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
-    trainer = Trainer(tiny_model(), config(max_steps=6, checkpoint_every=2), TRAIN, VAL,
+    trainer = Trainer(tiny_model(), config(max_steps=6, checkpoint_every=2), LanguageModeling(TRAIN, VAL),
                       checkpoint_dir=tmp_path)
 
     class PoisonAfterStep3(TrainerCallback):
@@ -140,10 +141,10 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
 
 
 def test_bf16_autocast_trains_on_cpu_and_fp16_needs_cuda():
-    history = Trainer(tiny_model(), config(max_steps=2, precision="bf16"), TRAIN, VAL).fit()
+    history = Trainer(tiny_model(), config(max_steps=2, precision="bf16"), LanguageModeling(TRAIN, VAL)).fit()
     assert all(math.isfinite(s["train_loss"]) for s in history["steps"])
     with pytest.raises(ValueError, match="fp16"):
-        Trainer(tiny_model(), config(precision="fp16"), TRAIN, VAL)
+        Trainer(tiny_model(), config(precision="fp16"), LanguageModeling(TRAIN, VAL))
 
 
 def test_callbacks_and_epoch_samples(tokenizer):
@@ -159,7 +160,7 @@ def test_callbacks_and_epoch_samples(tokenizer):
         def on_sample(self, record):
             seen["sample"].append(record)
 
-    Trainer(tiny_model(), config(sample_tokens=5, sample_prompt="Every effort moves you"), TRAIN, VAL,
+    Trainer(tiny_model(), config(sample_tokens=5, sample_prompt="Every effort moves you"), LanguageModeling(TRAIN, VAL),
             tokenizer=tokenizer, callbacks=[Counter()]).fit()
     assert seen["step"] == 24 and seen["eval"] == 6
     assert [s["epoch"] for s in seen["sample"]] == [0, 1]
@@ -167,7 +168,7 @@ def test_callbacks_and_epoch_samples(tokenizer):
 
 
 def test_random_window_sampling_trains_and_samples_at_end(tokenizer):
-    history = Trainer(tiny_model(), config(max_steps=5, windows="random", sample_tokens=3), TRAIN, VAL,
+    history = Trainer(tiny_model(), config(max_steps=5, windows="random", sample_tokens=3), LanguageModeling(TRAIN, VAL),
                       tokenizer=tokenizer).fit()
     assert len(history["steps"]) == 5 and [s["step"] for s in history["samples"]] == [5]
 
@@ -194,7 +195,7 @@ def test_tiny_preset_learns_the_verdict(shared_dir, tmp_path, tokenizer):
 
 @pytest.mark.parametrize("terminal", [False, True])
 def test_progress_bar_on_a_terminal_only_and_eval_lines_always(capsys, terminal):
-    Trainer(tiny_model(), config(max_steps=4), TRAIN, VAL, callbacks=[PrintProgress(bar=terminal)]).fit()
+    Trainer(tiny_model(), config(max_steps=4), LanguageModeling(TRAIN, VAL), callbacks=[PrintProgress(bar=terminal)]).fit()
     out, err = capsys.readouterr()
     assert out.count("| val loss") == 1  # the step-4 evaluation, as the seed prints it
     if terminal:

@@ -40,6 +40,8 @@ class TrainConfig:
     clip_after_warmup: bool = setting(True, "... from step warmup_steps on (the book) | false: from the first "
                                             "step (nanoGPT)")
     eval_freq: int = setting(5, "evaluate every this many steps ...", low=1)
+    eval_offset: int = setting(0, "... counted from this step: 1 = after steps 1, 1 + eval_freq, ... as the book's "
+                                  "global_step % eval_freq == 0", low=0)
     eval_iter: int = setting(5, "... on this many batches of each split", low=1)
     sample_prompt: str | None = setting("Every effort moves you", "greedy sample at each epoch end")
     sample_tokens: int = setting(50, "tokens of that sample; 0 = no sample", low=0)

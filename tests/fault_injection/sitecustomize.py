@@ -27,7 +27,7 @@ def install(point: str, n: int, rank: int, action) -> None:
     import torch
 
     import gptcore.checkpoint
-    import gptcore.trainer
+    import gptcore.tasks
 
     if int(os.environ.get("RANK", 0)) != rank:
         return
@@ -46,7 +46,7 @@ def install(point: str, n: int, rank: int, action) -> None:
     if point == "step":
         torch.nn.utils.clip_grad_norm_ = faulting(torch.nn.utils.clip_grad_norm_)
     elif point == "evaluate":
-        gptcore.trainer.evaluate_loss = faulting(gptcore.trainer.evaluate_loss)
+        gptcore.tasks.evaluate_loss = faulting(gptcore.tasks.evaluate_loss)
     elif point == "checkpoint":
         gptcore.checkpoint.save_safetensors = faulting(
             gptcore.checkpoint.save_safetensors, lambda model, filename, *a, **k: ".tmp-" in str(filename))

@@ -1,0 +1,72 @@
+"""What a training task gives the one training loop (gptcore.trainer): its batches, the module whose
+forward returns the loss, and what evaluation measures.
+
+A batch is the training module's positional arguments: inputs first (token ids, or the cached output of
+a frozen prefix), then the targets its loss needs. `LanguageModeling` is next-token prediction on token
+windows (pretraining, the book's chapter 5); `gptcore.classifier.Classification` is the book's chapter 6.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .datasets import GPTDataset, RandomWindows, make_dataloader
+from .evaluation import evaluate_loss
+
+
+class Task:
+    """The interface: `bind` builds the loaders for a run; the rest is called by the Trainer."""
+    train_loader = None  # a DataLoader over an EpochSampler (exact epochs, exact resume)
+    draws_at_random = False  # True: batches come from random_batch, and there are no epochs
+
+    def bind(self, model, config, runtime, ranks, pin_memory: bool) -> None:
+        raise NotImplementedError
+
+    def random_batch(self, index: int):
+        """The index-th batch when draws_at_random (a pure function of the index: resume is exact)."""
+        raise NotImplementedError
+
+    def training_module(self, model):
+        """The module the step calls with a batch: forward(*batch) -> (outputs, loss)."""
+        return model
+
+    def evaluate(self, model, runtime, num_batches: int) -> dict:
+        """The periodic evaluation (every train.eval_freq steps): metric name -> value."""
+        raise NotImplementedError
+
+    def evaluate_epoch(self, model, runtime, num_batches: int) -> dict:
+        """What is measured at each epoch end (the book's classifier: accuracies); empty: nothing."""
+        return {}
+
+
+class LanguageModeling(Task):
+    """Next-token prediction on windows of a token stream: the book's sliding windows or nanoGPT's random
+    ones (train.windows); evaluation is the loss of the first eval_iter batches of each split."""
+
+    def __init__(self, train_tokens: np.ndarray, val_tokens: np.ndarray):
+        self.train_tokens, self.val_tokens = train_tokens, val_tokens
+
+    def bind(self, model, config, runtime, ranks, pin_memory: bool) -> None:
+        context = model.config.context_length
+        self.batch_size, self.world_size, self.pin_memory = config.batch_size, ranks.world_size, pin_memory
+        self.train_windows = GPTDataset(self.train_tokens, context, config.stride or context, "train")
+        self.val_windows = GPTDataset(self.val_tokens, context, context, "validation")
+        self.train_loader = make_dataloader(self.train_windows, batch_size=config.batch_size, shuffle=config.shuffle,
+                                            drop_last=config.drop_last, seed=config.seed, rank=ranks.rank,
+                                            world_size=ranks.world_size, pin_memory=pin_memory)
+        self.random_windows = RandomWindows(self.train_tokens, context, batch_size=config.batch_size,
+                                            seed=config.seed, rank=ranks.rank, world_size=ranks.world_size,
+                                            pin_memory=pin_memory) if config.windows == "random" else None
+        self.draws_at_random = self.random_windows is not None
+
+    def random_batch(self, index: int):
+        return self.random_windows.batch(index)
+
+    def evaluate(self, model, runtime, num_batches: int) -> dict:
+        # batches of the global batch size, shared out between the processes by evaluate_loss
+        loaders = [make_dataloader(windows, batch_size=self.batch_size * self.world_size, shuffle=False,
+                                   drop_last=False, seed=0, split=split, pin_memory=self.pin_memory)
+                   for windows, split in ((self.train_windows, "train"), (self.val_windows, "validation"))]
+        train_loss, val_loss = (evaluate_loss(model, loader, num_batches=num_batches, runtime=runtime)
+                                for loader in loaders)
+        return {"train_loss": train_loss, "val_loss": val_loss}

@@ -1,0 +1,215 @@
+"""The book's chapter-6 classifier and appendix-E LoRA against its own package (`llms-from-scratch`):
+the same rows, the same losses and accuracies at every evaluation, the same answers, the same adapters.
+
+Tolerances: both sides compute in fp32 with equivalent kernels (the book's LayerNorm, GELU and
+attention against PyTorch's fused ones; fused against foreach AdamW), ~1e-6 apart per forward pass; 1e-5
+leaves room for that to grow over the steps compared. Accuracies are counts, so they are equal.
+"""
+
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from gptcore.classifier import (Classification, attach_head, classify, encode_split, freeze, frozen_blocks,
+                                load_classifier, save_classifier, token_length)
+from gptcore.errors import ConfigError, GptcoreError
+from gptcore.labelled import prepare_labelled, read_split
+from gptcore.lora import apply_lora
+from gptcore.model import GPT, ModelConfig
+from gptcore.runtime import setup_runtime
+from gptcore.settings.classify import CLASSIFY_TRAIN_DEFAULTS, ClassifyConfig
+from gptcore.settings.lora import LoraConfig
+from gptcore.settings.train import TrainConfig
+from gptcore.trainer import Trainer
+
+pytest.importorskip("llms_from_scratch", reason="the book's package: pip install --no-deps llms-from-scratch")
+from llms_from_scratch.appendix_e import replace_linear_with_lora  # noqa: E402
+from llms_from_scratch.ch04 import GPTModel  # noqa: E402
+from llms_from_scratch.ch06 import (SpamDataset, classify_review, create_balanced_dataset, random_split,  # noqa: E402
+                                    train_classifier_simple)
+
+TINY = {"vocab_size": 50257, "context_length": 128, "emb_dim": 32, "n_heads": 2, "n_layers": 3, "drop_rate": 0.0,
+        "qkv_bias": True}
+BOOK_LORA = LoraConfig(rank=16, alpha=16.0)
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory, shared_dir):
+    folder = tmp_path_factory.mktemp("spam")
+    prepare_labelled(ClassifyConfig(), folder)
+    return folder
+
+
+def test_the_splits_are_the_books_pandas_rows(splits, shared_dir):
+    table = pd.read_csv(shared_dir / "data" / "SMSSpamCollection.tsv", sep="\t", header=None, names=["Label", "Text"])
+    assert len(table) == 5572 and table["Label"].value_counts().to_dict() == {"ham": 4825, "spam": 747}
+    balanced = create_balanced_dataset(table)
+    balanced["Label"] = balanced["Label"].map({"ham": 0, "spam": 1})
+    for name, book in zip(("train", "validation", "test"), random_split(balanced, 0.7, 0.1)):
+        ours = read_split(splits, name)
+        assert ours["text"].tolist() == book["Text"].tolist() and ours["label"].tolist() == book["Label"].tolist()
+    assert [len(read_split(splits, name)) for name in ("train", "validation", "test")] == [1045, 149, 300]
+
+
+def book_datasets(splits, tmp_path, rows: dict, tokenizer):
+    """The book's SpamDataset over the first rows of each split (its CSV columns: Label, Text)."""
+    datasets = {}
+    for name, count in rows.items():
+        frame = read_split(splits, name)[:count]
+        frame.rename(columns={"text": "Text", "label": "Label"})[["Label", "Text"]].to_csv(tmp_path / f"{name}.csv",
+                                                                                        index=None)
+        longest = datasets["train"].max_length if datasets else None
+        datasets[name] = SpamDataset(tmp_path / f"{name}.csv", tokenizer.encoding, max_length=longest)
+    return datasets
+
+
+def ours_encoded(splits, rows: dict, tokenizer, position="last"):
+    encoded = {name: (tokenizer.encode_batch(read_split(splits, name)["text"][:count].tolist()),
+                      read_split(splits, name)["label"][:count]) for name, count in rows.items()}
+    length = token_length(encoded["train"][0], None, TINY["context_length"])
+    return {name: encode_split(ids, labels, length, 50256, position) for name, (ids, labels) in encoded.items()}
+
+
+def book_classifier(lora: bool):
+    torch.manual_seed(123)
+    model = GPTModel(TINY)
+    for parameter in model.parameters():
+        parameter.requires_grad = False
+    torch.manual_seed(123)
+    model.out_head = torch.nn.Linear(TINY["emb_dim"], 2)
+    if lora:
+        for parameter in model.parameters():
+            parameter.requires_grad = False
+        torch.manual_seed(7)
+        replace_linear_with_lora(model, rank=16, alpha=16)
+    else:
+        for part in (model.trf_blocks[-1], model.final_norm):
+            for parameter in part.parameters():
+                parameter.requires_grad = True
+    return model
+
+
+def ours_classifier(lora: bool) -> GPT:
+    torch.manual_seed(123)
+    model = GPT(ModelConfig(**TINY, tie_embeddings=False, init="torch_default"))
+    torch.manual_seed(123)
+    attach_head(model, 2)
+    if lora:
+        torch.manual_seed(7)
+        apply_lora(model, BOOK_LORA)
+    else:
+        freeze(model, "last_block")
+    return model
+
+
+CONFIG = TrainConfig(**{**CLASSIFY_TRAIN_DEFAULTS, "epochs": 2, "eval_freq": 4, "eval_iter": 2, "shuffle": False,
+                        "precision": "fp32", "device": "cpu"})
+
+
+@pytest.mark.parametrize("lora,cache_frozen", [(False, True), (False, False), (True, True)])
+def test_fine_tuning_gives_the_books_losses_and_accuracies_at_every_evaluation(splits, tmp_path, tokenizer, lora,
+                                                                              cache_frozen):
+    """train_classifier_simple on the book's loaders (in order, so both see the same batches) against the
+    Trainer on the Classification task, from equal weights: every loss within 1e-5, accuracies equal."""
+    rows = {"train": 96, "validation": 24}
+    book = book_classifier(lora)
+    datasets = book_datasets(splits, tmp_path, rows, tokenizer)
+    loaders = [DataLoader(datasets[name], batch_size=8, shuffle=False, drop_last=name == "train") for name in rows]
+    lr = 8e-4 if lora else 5e-5
+    optimizer = torch.optim.AdamW(book.parameters(), lr=lr, weight_decay=0.1)
+    book_train, book_val, book_train_acc, book_val_acc, _ = train_classifier_simple(
+        book, *loaders, optimizer, "cpu", num_epochs=CONFIG.epochs, eval_freq=CONFIG.eval_freq,
+        eval_iter=CONFIG.eval_iter)
+
+    model = ours_classifier(lora)
+    encoded = ours_encoded(splits, rows, tokenizer)
+    assert encoded["train"].ids.tolist() == [x.tolist() for x, _ in datasets["train"]]
+    task = Classification(encoded["train"], encoded["validation"], cache_frozen=cache_frozen)
+    history = Trainer(model, TrainConfig(**{**CONFIG.__dict__, "peak_lr": lr}), task).fit()
+    assert task.module.start_block == (0 if lora or not cache_frozen else TINY["n_layers"] - 1)
+    book_steps = [step for step in range(1, len(history["steps"]) + 1) if (step - 1) % CONFIG.eval_freq == 0]
+    evals = {e["step"]: e for e in history["evals"]}
+    assert len(book_steps) == len(book_train) == 6
+    torch.testing.assert_close([evals[s]["train_loss"] for s in book_steps], book_train, atol=1e-5, rtol=0)
+    torch.testing.assert_close([evals[s]["val_loss"] for s in book_steps], book_val, atol=1e-5, rtol=0)
+    assert [e["train_accuracy"] for e in history["epochs"]] == book_train_acc
+    assert [e["val_accuracy"] for e in history["epochs"]] == book_val_acc
+
+
+def test_lora_has_the_books_trainable_parameter_count_for_gpt2_small():
+    model = GPT(ModelConfig.from_preset("gpt2-small", qkv_bias=True, tie_embeddings=False, drop_rate=0.0))
+    attach_head(model, 2)
+    assert model.num_parameters() == 124_441_346
+    assert apply_lora(model, BOOK_LORA) == 2_666_528
+    assert frozen_blocks(model) == 0  # adapters in every block: nothing to cache
+
+
+def test_classify_answers_as_the_books_classify_review(splits, tmp_path, tokenizer):
+    """From equal weights (the same seeds on both sides), saved and loaded back."""
+    book = book_classifier(lora=False).eval()
+    info = {"labels": ["not spam", "spam"], "position": "last", "max_length": 40, "pad_id": 50256}
+    folder = save_classifier(ours_classifier(lora=False), tmp_path / "classifier", info)
+    classifier, loaded = load_classifier(folder)
+    texts = read_split(splits, "test")["text"][:24].tolist()
+    ours = classify(classifier, loaded, texts, tokenizer, setup_runtime("cpu", "fp32"))
+    assert [row["label"] for row in ours] == [classify_review(text, book, tokenizer.encoding, "cpu", max_length=40)
+                                              for text in texts]
+    assert all(abs(sum(row["probabilities"].values()) - 1) < 1e-6 for row in ours)
+
+
+@pytest.mark.parametrize("save", ["merged", "adapter"])
+def test_a_lora_classifier_saved_merged_or_as_an_adapter_loads_to_the_same_logits(tmp_path, save):
+    from gptcore.checkpoint import save_model
+
+    torch.manual_seed(0)
+    base = GPT(ModelConfig(**TINY, tie_embeddings=False))
+    save_model(base, tmp_path / "base")
+    model = attach_head(GPT(ModelConfig(**TINY, tie_embeddings=False)), 3)
+    model.load_state_dict(base.state_dict() | {k: v for k, v in model.state_dict().items() if "lm_head" in k})
+    apply_lora(model, LoraConfig(rank=4, alpha=8.0, scaling="alpha/rank"))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_()  # trained adapters: B is no longer zero
+    idx = torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(1))
+    from gptcore.classifier import SequenceClassifier
+
+    expected = SequenceClassifier(model.eval())(idx)[0]
+    info = {"labels": ["a", "b", "c"], "position": "last", "max_length": 16, "pad_id": 50256}
+    folder = save_classifier(model, tmp_path / "saved", info, adapter_of=str(tmp_path / "base") if save == "adapter"
+                             else None, lora=LoraConfig(rank=4, alpha=8.0, scaling="alpha/rank"))
+    assert ((folder / "adapter.safetensors").is_file(), (folder / "model.safetensors").is_file()) == \
+        ((True, False) if save == "adapter" else (False, True))
+    classifier, _ = load_classifier(folder)
+    torch.testing.assert_close(classifier(idx)[0], expected, atol=1e-5, rtol=0)  # merging rounds in fp32
+
+
+def test_lora_on_a_tied_head_is_refused_in_one_line():
+    model = GPT(ModelConfig(**TINY, tie_embeddings=True))
+    with pytest.raises(ConfigError, match="lora.layers has head, but this model's head is its token embedding"):
+        apply_lora(model, LoraConfig(rank=2))
+
+
+@pytest.mark.parametrize("content,fields,message", [
+    ("ham\thello\nmaybe\tthere\n", {}, r"row 2: label 'maybe' is not one of classify.labels"),
+    ("ham\thello\nspam\t   \n", {}, r"row 2: the text is empty"),
+    ("ham\thello\nham\tthere\n", {}, r"class\(es\) \['spam'\] of classify.labels have no rows"),
+    ("ham\thello\nspam\tthere\n", {"train_ratio": 0.5, "val_ratio": 0.1}, "leave the validation split of 2 rows empty"),
+])
+def test_bad_labelled_data_gives_one_line_before_any_compute(tmp_path, content, fields, message):
+    (tmp_path / "table.tsv").write_text(content)
+    config = ClassifyConfig(source=str(tmp_path / "table.tsv"), member=None, sha256=None, **fields)
+    with pytest.raises(GptcoreError, match=message):
+        prepare_labelled(config, tmp_path / "out")
+
+
+def test_a_file_that_is_not_the_declared_table_and_a_bad_split_are_refused(tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "data.tsv", "w") as bundle:
+        bundle.writestr("x", "ham\thello")
+    with pytest.raises(GptcoreError, match="is not a TSV table"):
+        prepare_labelled(ClassifyConfig(source=str(tmp_path / "data.tsv"), member=None, sha256=None), tmp_path / "o")
+    with pytest.raises(ConfigError, match="leaves no test split"):
+        ClassifyConfig(train_ratio=0.9, val_ratio=0.1)
