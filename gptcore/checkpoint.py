@@ -41,7 +41,7 @@ def save_model(model: GPT, folder) -> Path:
 
 def load_model(source, *, drop_rate: float | None = None, n_heads: int | None = None) -> GPT:
     """OpenAI's weights by official name (gpt2 ... gpt2-xl, from the Hub), a model saved by save_model
-    (folder), a Hugging Face GPT-2 folder (config.json + model.safetensors) or a file saved by the book's
+    (folder), LoRA adapters saved beside a pointer to their base (folder), a Hugging Face GPT-2 folder (config.json + model.safetensors) or a file saved by the book's
     code (model.pth, see gptcore.lfs). drop_rate replaces the saved one; n_heads is the head count of a
     book file, whose tensors do not hold it."""
     from .hf import OFFICIAL_MODELS, load_official
@@ -53,6 +53,14 @@ def load_model(source, *, drop_rate: float | None = None, n_heads: int | None = 
         from .lfs import load_lfs
 
         return load_lfs(source, n_heads=n_heads, drop_rate=ModelConfig.drop_rate if drop_rate is None else drop_rate)
+    from .lora import ADAPTER_CONFIG
+
+    if (source / ADAPTER_CONFIG).is_file() and not (source / WEIGHTS).is_file():
+        from .lora import adapter_base, load_adapter
+
+        model = adapter_base(source, drop_rate)
+        load_adapter(model, source)
+        return model
     if not (source / MODEL_CONFIG).is_file():
         if (source / "config.json").is_file():
             from .hf import load_hf_folder

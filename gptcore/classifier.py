@@ -19,13 +19,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from safetensors.torch import load_model as load_weights
+
 from .atomic import atomic_write_text
-from .checkpoint import MODEL_CONFIG, WEIGHTS, load_model, save_model
-from .corpus import sha256_file
+from .checkpoint import MODEL_CONFIG, WEIGHTS
 from .datasets import SplitTooShortError, make_dataloader, to_device
 from .errors import ConfigError, MissingInputError
-from .lora import ADAPTER_CONFIG, adapter_config, has_lora, load_adapter, merge_lora, save_adapter
+from .lora import ADAPTER_CONFIG, adapter_base, load_adapter, save_trained
 from .model import GPT, ModelConfig
+from .settings.lora import LoraConfig
 from .tasks import Task
 
 CLASSIFIER_FILE = "classifier.json"
@@ -147,6 +149,14 @@ def score(module: SequenceClassifier, batches, *, num_batches: int | None, runti
     return {"loss": sum(losses) / len(losses), "accuracy": correct / len(labels), "predicted": predicted}
 
 
+def check_rows(rows: int, config) -> None:
+    """A training split must fill one optimizer step."""
+    if rows < config.batch_size * config.grad_accum_steps:
+        raise SplitTooShortError(f"the training split has {rows} rows, fewer than one step's "
+                                 f"{config.batch_size * config.grad_accum_steps} (classify_train.batch_size x "
+                                 "grad_accum_steps); lower them or add rows")
+
+
 class Classification(Task):
     """The book's classifier as a task of the one training loop: batches of (ids, label, position), the
     cross-entropy of the class logits, losses every eval_freq steps and accuracies at each epoch end on
@@ -160,14 +170,11 @@ class Classification(Task):
         if ranks.world_size > 1 or config.windows == "random":
             raise ConfigError("classify_train: classification runs in one process on the rows in epochs; set "
                               "classify_train.nproc: 1 and windows: sliding")
+        check_rows(len(self.splits["train"].labels), config)
         start = frozen_blocks(model) if self.cache_frozen else 0
         self.module = SequenceClassifier(model, start)
         datasets = {name: TensorDataset(stream_before(model, split.ids, start, runtime) if start else split.ids,
                                         split.labels, split.positions) for name, split in self.splits.items()}
-        if len(datasets["train"]) < config.batch_size * config.grad_accum_steps:
-            raise SplitTooShortError(f"the training split has {len(datasets['train'])} rows, fewer than one step's "
-                                     f"{config.batch_size * config.grad_accum_steps}; lower classify_train."
-                                     "batch_size or add rows")
         self.train_loader = make_dataloader(datasets["train"], batch_size=config.batch_size, shuffle=config.shuffle,
                                             drop_last=config.drop_last, seed=config.seed, pin_memory=pin_memory)
         self.in_order = {name: make_dataloader(dataset, batch_size=config.batch_size, shuffle=False, drop_last=False,
@@ -191,19 +198,12 @@ class Classification(Task):
 
 # -- the saved classifier ---------------------------------------------------------------------------
 
-def save_classifier(model: GPT, folder, info: dict, *, adapter_of: str | None = None, lora=None) -> Path:
-    """The classifier folder: weights + config + classifier.json; with adapter_of (the base model it was
-    made from) the LoRA adapters and the head only, beside that pointer. Adapters are otherwise merged."""
+def save_classifier(model: GPT, folder, info: dict, *, lora: LoraConfig = LoraConfig(), base: str = "") -> Path:
+    """The classifier folder: weights + config (adapters merged), or the adapters and the head beside a
+    pointer to the base (lora.save adapter); and classifier.json."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if adapter_of is not None:
-        base_weights = Path(adapter_of) / WEIGHTS
-        save_adapter(model, folder, lora, adapter_of, sha256_file(base_weights) if base_weights.is_file() else None,
-                     extra=("lm_head.",))
-    else:
-        if has_lora(model):
-            merge_lora(model)
-        save_model(model, folder)
+    save_trained(model, folder, lora, base, extra=("lm_head.",))
     atomic_write_text(folder / CLASSIFIER_FILE, json.dumps(info, indent=2))
     return folder
 
@@ -216,17 +216,10 @@ def load_classifier(folder) -> tuple[SequenceClassifier, dict]:
                                 "classifier pipeline wrote (data/classifier/model)")
     info = json.loads((folder / CLASSIFIER_FILE).read_text())
     if (folder / ADAPTER_CONFIG).is_file():
-        _, saved = adapter_config(folder)
-        base = Path(saved["base"])
-        if saved["base_sha256"] and (base / WEIGHTS).is_file() and sha256_file(base / WEIGHTS) != saved["base_sha256"]:
-            raise ConfigError(f"{folder}'s adapter was trained on another {base / WEIGHTS} (sha256 differs); "
-                              "restore that base model or fine-tune again")
-        model = attach_head(load_model(saved["base"], drop_rate=0.0), len(info["labels"]))
+        model = attach_head(adapter_base(folder, drop_rate=0.0), len(info["labels"]))
         load_adapter(model, folder)
     else:
         model = attach_head(GPT(ModelConfig(**json.loads((folder / MODEL_CONFIG).read_text()))), len(info["labels"]))
-        from safetensors.torch import load_model as load_weights
-
         load_weights(model, str(folder / WEIGHTS))
     return SequenceClassifier(model.eval()), info
 

@@ -1,4 +1,4 @@
-"""The `gptcore` command: generate, bench, export-hf, export-lfs, info."""
+"""The `gptcore` command: generate, classify, bench, export-hf, export-lfs, info."""
 
 from __future__ import annotations
 
@@ -50,6 +50,16 @@ def cmd_generate(args) -> None:
              temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
              eos_id=tokenizer.eot_id if settings.stop_at_eos else None, seed=settings.seed, on_token=stream)
     print(tokenizer.decode(pending))
+
+
+def cmd_classify(args) -> None:
+    from .classifier import classify, load_classifier
+    from .runtime import setup_runtime
+    from .tokenizer import Tokenizer
+
+    classifier, info = load_classifier(args.model)
+    (result,) = classify(classifier, info, [args.text], Tokenizer(), setup_runtime("cpu", "fp32"))
+    print(f"{result['label']}\t" + "  ".join(f"{label} {p:.4f}" for label, p in result["probabilities"].items()))
 
 
 def cmd_bench(args) -> None:
@@ -119,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampler_options(gen)
     gen.add_argument("--no-eos", action="store_true", help="do not stop at <|endoftext|>")
     gen.set_defaults(func=cmd_generate)
+
+    classify = commands.add_parser("classify", help="classify a text with a fine-tuned classifier: its label, then "
+                                                    "each class's probability")
+    classify.add_argument("text")
+    classify.add_argument("--model", default="data/classifier/model",
+                          help="the classifier folder the classifier pipeline wrote (default: %(default)s)")
+    classify.set_defaults(func=cmd_classify)
 
     bench = commands.add_parser("bench", help="benchmark gptcore against Hugging Face GPT-2 on this machine")
     bench.add_argument("--context", type=int, nargs="+", default=[256, 1024])

@@ -131,6 +131,34 @@ def adapter_config(folder) -> tuple[LoraConfig, dict]:
                       save="adapter"), saved
 
 
+def adapter_base(folder, drop_rate: float | None = None):
+    """The base model an adapter folder points at, checked against the checksum recorded with it."""
+    from .checkpoint import WEIGHTS, load_model
+    from .corpus import sha256_file
+
+    _, saved = adapter_config(folder)
+    weights = Path(saved["base"]) / WEIGHTS
+    if saved["base_sha256"] and weights.is_file() and sha256_file(weights) != saved["base_sha256"]:
+        raise ConfigError(f"{folder}'s adapter was trained on another {weights} (its sha256 differs); restore that "
+                          "base model or fine-tune again")
+    return load_model(saved["base"], drop_rate=drop_rate)
+
+
+def save_trained(model, folder, lora: LoraConfig, base: str, extra: tuple[str, ...] = ()) -> None:
+    """A trained model's weights in folder: its adapters merged (or none), or with lora.save adapter only
+    the adapters (and the tensors named in extra) beside a pointer to the base, with the base's sha256."""
+    from .checkpoint import WEIGHTS, save_model
+    from .corpus import sha256_file
+
+    if has_lora(model) and lora.save == "adapter":
+        located = Path(base).resolve() if Path(base).exists() else None
+        save_adapter(model, folder, lora, str(located or base),
+                     sha256_file(located / WEIGHTS) if located and (located / WEIGHTS).is_file() else None, extra)
+        return
+    merge_lora(model)
+    save_model(model, folder)
+
+
 def load_adapter(model, folder) -> None:
     """Add the adapters of folder's adapter_config.json to model and load adapter.safetensors into it."""
     lora, _ = adapter_config(folder)

@@ -217,7 +217,7 @@ class GPT(nn.Module):
         for i, block in enumerate(self.transformer.h):
             x = block(x, kv_cache.buffer[i] if kv_cache is not None else None, start)
         if kv_cache is not None:
-            kv_cache.length += T
+            kv_cache.length += idx.shape[1]
         x = self.transformer.ln_f(x)
         if last_token_only:
             x = x[:, -1:, :]

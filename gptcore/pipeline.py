@@ -21,11 +21,12 @@ import torch
 from . import distributed
 from .atomic import atomic_write_text
 from .callbacks import PrintProgress
-from .checkpoint import initialize_model, latest_checkpoint, load_model, save_model
+from .checkpoint import initialize_model, latest_checkpoint, load_model
 from .evaluation import evaluate_splits
 from .params import Params
 from .plots import draw_plots, write_plot_data
 from .inference import prepare_for_inference, resolve_weights
+from .lora import apply_lora, save_trained
 from .runtime import setup_runtime
 from .sampling import continue_prompts
 from .token_files import load_tokens
@@ -39,7 +40,8 @@ def checkpoint_folder(params: Params, tokens_dir: Path) -> Path:
     """<repo>/checkpoints/<run key>: the key changes with the model and train params and the data, so
     another experiment never resumes this one's state."""
     splits = json.loads((tokens_dir / "meta.json").read_text())["splits"]
-    key = json.dumps([params.values["model"], params.values["train"], splits], sort_keys=True)
+    key = json.dumps([params.values["model"], params.values["train"], splits] +
+                     ([params.values["lora"]] if params.lora.rank else []), sort_keys=True)
     return repo_root() / "checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -50,7 +52,7 @@ def start_or_resume_run(params: Params, checkpoint_dir: Path, tokens_dir: Path) 
         return Tracker.attach(params.tracking, checkpoint_dir, {}, "train")
     tracker = Tracker.start(params.tracking, name=f"{params.model.preset}-{time.strftime('%Y%m%d-%H%M%S')}",
                             tags={"model_preset": params.model.preset},
-                            params={k: params.values[k] for k in ("data", "model", "train", "tracking")})
+                            params={k: params.values[k] for k in ("data", "model", "train", "lora", "tracking")})
     meta = json.loads((tokens_dir / "meta.json").read_text())
     splits = meta["splits"]
     digest = hashlib.sha256("".join(splits[split]["sha256"] for split in ("train", "val")).encode()).hexdigest()
@@ -78,6 +80,8 @@ def train(params: Params, *, tokens_dir: Path, model_dir: Path, metrics_file: Pa
         checkpoint_dir = checkpoint_folder(params, tokens_dir)
         torch.manual_seed(params.train.seed)
         model = initialize_model(params.model_config, params.model.init_from)
+        if params.lora.rank:  # the book's appendix E on the language model: only the adapters train
+            apply_lora(model, params.lora)
         tracker = start_or_resume_run(params, checkpoint_dir, tokens_dir) \
             if params.tracking.enabled and ranks.is_main else None
         callbacks = [PrintProgress()] + ([TrackingCallback(tracker, params.tracking.log_every)] if tracker else [])
@@ -99,7 +103,7 @@ def train(params: Params, *, tokens_dir: Path, model_dir: Path, metrics_file: Pa
                "runtime": trainer.runtime.describe()}
     speed = {"tokens_per_second": sum(s["tokens_per_second"] for s in steps) / len(steps),
              "wall_seconds_this_session": time.perf_counter() - started}
-    save_model(model, model_dir)
+    save_trained(model, model_dir, params.lora, params.model.init_from)
     write_plot_data(history, plots_dir)
     pictures = draw_plots(history, plots_dir)
     atomic_write_text(metrics_file, json.dumps(metrics, indent=2) + "\n")

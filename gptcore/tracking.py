@@ -222,31 +222,49 @@ class Tracker:
             monitor.finish()
 
     def log_model(self, model_dir, registered_name: str | None, example_prompt: str) -> str | None:
-        """model_dir as the run's MLflow model `model`, from code (gptcore/pyfunc_model.py, with the gptcore
-        package as its code path) and the safetensors folder as its artifact, with a signature (prompts and
-        sampler params in, text out) and an input example; registered under registered_name. Returns the
-        registered version (None when not registered)."""
-        import mlflow
+        """model_dir as the run's MLflow model `model` (gptcore/pyfunc_model.py), with a signature (prompts
+        and sampler params in, text out) and an input example; registered under registered_name. Returns
+        the registered version (None when not registered)."""
         import pandas as pd
         from mlflow.models import ModelSignature
         from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-        package = Path(__file__).resolve().parent
         defaults = GenerateConfig()
         kinds = {"int": "long", "float": "double", "bool": "boolean"}
         params = ParamSchema([ParamSpec(name, kinds[rule(GenerateConfig.__dataclass_fields__[name]).kind],
                                         getattr(defaults, name)) for name in MODEL_PARAMS])
         signature = ModelSignature(inputs=Schema([ColSpec("string", "prompt")]),
                                    outputs=Schema([ColSpec("string", "text")]), params=params)
+        return self.log_pyfunc("pyfunc_model.py", model_dir, signature, registered_name,
+                               (pd.DataFrame({"prompt": [example_prompt]}), {"max_new_tokens": 5}))
+
+    def log_classifier(self, model_dir, registered_name: str | None, labels: list[str], example_text: str):
+        """The classifier in model_dir as the run's MLflow model (gptcore/pyfunc_classifier.py): `text` in,
+        `label` and one `probability_<label>` column per class out. Returns the registered version."""
+        import pandas as pd
+        from mlflow.models import ModelSignature
+        from mlflow.types.schema import ColSpec, Schema
+
+        signature = ModelSignature(inputs=Schema([ColSpec("string", "text")]), outputs=Schema(
+            [ColSpec("string", "label"), *(ColSpec("double", f"probability_{label}") for label in labels)]))
+        return self.log_pyfunc("pyfunc_classifier.py", model_dir, signature, registered_name,
+                               pd.DataFrame({"text": [example_text]}))
+
+    def log_pyfunc(self, python_model: str, model_dir, signature, registered_name: str | None,
+                   input_example) -> str | None:
+        """A pyfunc logged from code (python_model, a file of the gptcore package, which is its code path),
+        the model folder as its artifact (safetensors: loading it unpickles nothing)."""
+        import mlflow
+
+        package = Path(__file__).resolve().parent
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
         with mlflow.start_run(run_id=self.run_id), warnings.catch_warnings():
             # the signature is given: MLflow's advice to infer it from predict's type hints does not apply
             warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(package / "pyfunc_model.py"), code_paths=[str(package)],
-                artifacts={"model": str(model_dir)}, signature=signature,
-                input_example=(pd.DataFrame({"prompt": [example_prompt]}), {"max_new_tokens": 5}),
+                name="model", python_model=str(package / python_model), code_paths=[str(package)],
+                artifacts={"model": str(model_dir)}, signature=signature, input_example=input_example,
                 pip_requirements=["torch", "tiktoken", "safetensors", "pandas", "mlflow"],
                 registered_model_name=registered_name)
         return None if info.registered_model_version is None else str(info.registered_model_version)
@@ -275,6 +293,11 @@ class TrackingCallback(TrainerCallback):
 
     def on_eval(self, record: dict):
         self.pending += as_metrics({name: record[key] for name, key in EVAL_METRICS.items()}, record["step"])
+        self.flush()
+
+    def on_epoch(self, record: dict):
+        self.pending += as_metrics({f"eval/{key}": value for key, value in record.items()
+                                    if key not in ("step", "epoch", "tokens_seen")}, record["step"])
         self.flush()
 
     def on_sample(self, record: dict):

@@ -25,7 +25,6 @@ from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, res
     save_checkpoint
 from .datasets import to_device
 from .errors import ConfigError, GptcoreError
-from .model import GPT
 from .runtime import Runtime, setup_runtime
 from .sampling import generate
 from .schedule import learning_rate

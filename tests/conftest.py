@@ -1,7 +1,10 @@
 import os
 import shutil
+import json
 import socket
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -117,3 +120,43 @@ def fault_env():
         return {**os.environ, **variables, "PYTHONPATH": path}
 
     return environment
+
+
+def store_env(project) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return env | {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"}
+
+
+def http(url: str, body: dict | None = None, timeout: float = 60):
+    request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        text = response.read().decode()
+        return json.loads(text) if response.headers.get_content_type() == "application/json" and text.strip() \
+            else text
+
+
+class Server:
+    """A command that serves HTTP on a loopback port, started for a with-block and stopped after it."""
+
+    def __init__(self, command: list[str], port: int, cwd, env):
+        self.command, self.port, self.cwd, self.env = command, port, cwd, env
+
+    def __enter__(self):
+        self.process = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.command} exited:\n{self.process.stdout.read()}")
+            try:
+                http(f"http://127.0.0.1:{self.port}/health", timeout=2)
+                return f"http://127.0.0.1:{self.port}"
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError(f"{self.command} did not answer on port {self.port} within 120 s")
+
+    def __exit__(self, *exc):
+        os.killpg(self.process.pid, 15)
+        self.process.wait(timeout=30)
+        self.process.stdout.close()

@@ -6,12 +6,15 @@ attention against PyTorch's fused ones; fused against foreach AdamW), ~1e-6 apar
 leaves room for that to grow over the steps compared. Accuracies are counts, so they are equal.
 """
 
+import importlib.util
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from gptcore.classifier import (Classification, attach_head, classify, encode_split, freeze, frozen_blocks,
+from gptcore.classifier import (Classification, attach_head, classify, encode_split, frozen_blocks,
                                 load_classifier, save_classifier, token_length)
 from gptcore.errors import ConfigError, GptcoreError
 from gptcore.labelled import prepare_labelled, read_split
@@ -24,11 +27,14 @@ from gptcore.settings.train import TrainConfig
 from gptcore.trainer import Trainer
 
 pytest.importorskip("llms_from_scratch", reason="the book's package: pip install --no-deps llms-from-scratch")
-from llms_from_scratch.appendix_e import replace_linear_with_lora  # noqa: E402
-from llms_from_scratch.ch04 import GPTModel  # noqa: E402
 from llms_from_scratch.ch06 import (SpamDataset, classify_review, create_balanced_dataset, random_split,  # noqa: E402
                                     train_classifier_simple)
 
+# the book's modifications (chapter 6, appendix E) and gptcore's, with the same seeds: the benchmark's
+spec = importlib.util.spec_from_file_location("classify_reference", Path(__file__).resolve().parents[1] / "benchmarks"
+                                              / "classify_reference.py")
+reference = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(reference)
 TINY = {"vocab_size": 50257, "context_length": 128, "emb_dim": 32, "n_heads": 2, "n_layers": 3, "drop_rate": 0.0,
         "qkv_bias": True}
 BOOK_LORA = LoraConfig(rank=16, alpha=16.0)
@@ -71,36 +77,18 @@ def ours_encoded(splits, rows: dict, tokenizer, position="last"):
     return {name: encode_split(ids, labels, length, 50256, position) for name, (ids, labels) in encoded.items()}
 
 
+def base_model() -> GPT:
+    """The book's GPTModel(TINY) weights after torch.manual_seed(123), drawn by gptcore."""
+    torch.manual_seed(123)
+    return GPT(ModelConfig(**TINY, tie_embeddings=False, init="torch_default"))
+
+
 def book_classifier(lora: bool):
-    torch.manual_seed(123)
-    model = GPTModel(TINY)
-    for parameter in model.parameters():
-        parameter.requires_grad = False
-    torch.manual_seed(123)
-    model.out_head = torch.nn.Linear(TINY["emb_dim"], 2)
-    if lora:
-        for parameter in model.parameters():
-            parameter.requires_grad = False
-        torch.manual_seed(7)
-        replace_linear_with_lora(model, rank=16, alpha=16)
-    else:
-        for part in (model.trf_blocks[-1], model.final_norm):
-            for parameter in part.parameters():
-                parameter.requires_grad = True
-    return model
+    return reference.book_classifier(base_model(), lora)
 
 
 def ours_classifier(lora: bool) -> GPT:
-    torch.manual_seed(123)
-    model = GPT(ModelConfig(**TINY, tie_embeddings=False, init="torch_default"))
-    torch.manual_seed(123)
-    attach_head(model, 2)
-    if lora:
-        torch.manual_seed(7)
-        apply_lora(model, BOOK_LORA)
-    else:
-        freeze(model, "last_block")
-    return model
+    return reference.ours_classifier(base_model(), lora)
 
 
 CONFIG = TrainConfig(**{**CLASSIFY_TRAIN_DEFAULTS, "epochs": 2, "eval_freq": 4, "eval_iter": 2, "shuffle": False,
@@ -177,8 +165,8 @@ def test_a_lora_classifier_saved_merged_or_as_an_adapter_loads_to_the_same_logit
 
     expected = SequenceClassifier(model.eval())(idx)[0]
     info = {"labels": ["a", "b", "c"], "position": "last", "max_length": 16, "pad_id": 50256}
-    folder = save_classifier(model, tmp_path / "saved", info, adapter_of=str(tmp_path / "base") if save == "adapter"
-                             else None, lora=LoraConfig(rank=4, alpha=8.0, scaling="alpha/rank"))
+    folder = save_classifier(model, tmp_path / "saved", info, base=str(tmp_path / "base"),
+                             lora=LoraConfig(rank=4, alpha=8.0, scaling="alpha/rank", save=save))
     assert ((folder / "adapter.safetensors").is_file(), (folder / "model.safetensors").is_file()) == \
         ((True, False) if save == "adapter" else (False, True))
     classifier, _ = load_classifier(folder)
@@ -213,3 +201,68 @@ def test_a_file_that_is_not_the_declared_table_and_a_bad_split_are_refused(tmp_p
         prepare_labelled(ClassifyConfig(source=str(tmp_path / "data.tsv"), member=None, sha256=None), tmp_path / "o")
     with pytest.raises(ConfigError, match="leaves no test split"):
         ClassifyConfig(train_ratio=0.9, val_ratio=0.1)
+
+
+@pytest.mark.parametrize("save", ["merged", "adapter"])
+def test_language_model_lora_trains_only_the_adapters_and_loads_back_either_way(tmp_path, save):
+    import numpy as np
+
+    from gptcore.checkpoint import load_model, save_model
+    from gptcore.lora import save_trained
+    from gptcore.tasks import LanguageModeling
+
+    torch.manual_seed(0)
+    save_model(GPT(ModelConfig(**TINY, tie_embeddings=False)), tmp_path / "base")
+    model = load_model(tmp_path / "base")
+    lora = LoraConfig(rank=4, layers=["query", "value"], save=save)
+    assert apply_lora(model, lora) == TINY["n_layers"] * 2 * 4 * (TINY["emb_dim"] + TINY["emb_dim"])
+    tokens = np.random.default_rng(0).integers(0, 50257, 2000).astype(np.uint16)
+    Trainer(model, TrainConfig(max_steps=4, batch_size=2, precision="fp32", device="cpu", sample_tokens=0,
+                               warmup_steps=0, peak_lr=1e-2), LanguageModeling(tokens, tokens[:400])).fit()
+    base = load_model(tmp_path / "base")
+    assert torch.equal(model.transformer.h[0].attn.c_attn.weight, base.transformer.h[0].attn.c_attn.weight)
+    idx = torch.from_numpy(tokens[:64].astype(np.int64)).view(2, 32)
+    expected = model.eval()(idx)[0]
+    assert not torch.allclose(expected, base.eval()(idx)[0])  # the adapters learned something
+    save_trained(model, tmp_path / "trained", lora, str(tmp_path / "base"))
+    torch.testing.assert_close(load_model(tmp_path / "trained").eval()(idx)[0], expected, atol=1e-4, rtol=0)
+
+
+def test_a_stopped_classifier_run_resumes_to_bitwise_the_same_weights(splits, tmp_path, tokenizer):
+    """SIGTERM mid-epoch (as the Trainer sees it), then a resume from the checkpoint in a fresh model: the
+    frozen blocks' cache is rebuilt, the data position restored, the result the straight run's."""
+    from gptcore.callbacks import TrainerCallback
+    from gptcore.trainer import TrainingInterrupted
+
+    encoded = ours_encoded(splits, {"train": 96, "validation": 24}, tokenizer)
+    config = TrainConfig(**{**CONFIG.__dict__, "shuffle": True})
+
+    def trainer(folder):
+        return Trainer(ours_classifier(lora=False), config, Classification(encoded["train"], encoded["validation"]),
+                       checkpoint_dir=tmp_path / folder)
+
+    straight = trainer("a")
+    straight_history = straight.fit()
+    first = trainer("b")
+
+    class StopAtStep7(TrainerCallback):
+        def on_step(self, record):
+            if record["step"] == 7:
+                first.stop_signal = "SIGTERM"
+
+    first.callbacks.append(StopAtStep7())
+    with pytest.raises(TrainingInterrupted, match="step 7"):
+        first.fit()
+    resumed = trainer("b")
+    assert resumed.resume() and resumed.step == 7
+    history = resumed.fit()
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert history["evals"] == straight_history["evals"] and history["epochs"] == straight_history["epochs"]
+
+
+def test_a_training_split_smaller_than_one_step_is_refused_in_one_line():
+    from gptcore.classifier import check_rows
+
+    with pytest.raises(GptcoreError, match="the training split has 5 rows, fewer than one step's 8"):
+        check_rows(5, CONFIG)

@@ -1,0 +1,68 @@
+"""End to end on the tiny preset: the classifier pipeline after the pretraining one, its DVC metrics, its
+MLflow run (curves, confusion matrix, the registered model) and the served classifier."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import Server, free_port, http, make_project, mlflow_client, run, store_env
+from gptcore.cli import main
+from gptcore.params import read_yaml, render, validate
+
+pytestmark = pytest.mark.slow
+SPAM = "WINNER!! You have won a 1000 cash prize. Call 09061701461 to claim now"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, shared_dir):
+    root = make_project(tmp_path_factory.mktemp("classify"))
+    values = validate(read_yaml(root / "params.yaml")).values
+    values["classify_train"].update(epochs=2, eval_freq=40)
+    (root / "params.yaml").write_text(render(values))
+    run(["dvc", "repro", "stages/classify/dvc.yaml"], root)  # builds the pretraining stages it starts from
+    return root
+
+
+def test_the_pipeline_writes_the_books_splits_its_metrics_and_one_tracked_run(project):
+    meta = json.loads((project / "data" / "classifier" / "splits" / "meta.json").read_text())
+    assert meta["rows"] == {"train": 1045, "validation": 149, "test": 300}
+    metrics = json.loads((project / "metrics" / "classify.json").read_text())
+    assert {"train_accuracy", "val_accuracy", "test_accuracy", "parameters", "trainable_parameters"} <= set(metrics)
+    assert 0.5 < metrics["test_accuracy"] <= 1 and metrics["trainable_parameters"] < metrics["parameters"]
+    confusion = pd.read_csv(project / "data" / "classifier" / "report" / "confusion_matrix.csv", index_col=0)
+    assert confusion.to_numpy().sum() == 300 and list(confusion.columns) == ["ham", "spam"]
+    shown = run(["dvc", "exp", "show", "--csv"], project)
+    assert "metrics/classify.json:test_accuracy" in shown and "classify_train.peak_lr" in shown
+
+    client = mlflow_client(project)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "gptcore"]
+    (classifier_run,) = client.search_runs([experiment.experiment_id], "tags.task = 'classification'")
+    assert classifier_run.data.metrics["evaluate/test_accuracy"] == metrics["test_accuracy"]
+    assert {"eval/train_loss", "eval/val_loss", "eval/train_accuracy", "eval/val_accuracy"} <= \
+        set(classifier_run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(classifier_run.info.run_id, "evaluation")}
+    assert artifacts == {"evaluation/confusion_matrix.csv", "evaluation/per_class.csv"}
+
+
+def test_the_registered_classifier_serves_what_gptcore_classify_prints(project, capsys, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(project)
+    capsys.readouterr()
+    assert main(["classify", SPAM]) == 0
+    label, probabilities = capsys.readouterr().out.rstrip("\n").split("\t")
+    expected = {"label": label, **{f"probability_{name}": float(p) for name, p in
+                                   zip(probabilities.split()[::2], probabilities.split()[1::2])}}
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_env(project)["MLFLOW_TRACKING_URI"])
+    loaded = mlflow.pyfunc.load_model("models:/gptcore-classifier/1")
+    (predicted,) = loaded.predict(pd.DataFrame({"text": [SPAM]})).to_dict("records")
+    port = free_port()
+    serve = ["mlflow", "models", "serve", "-m", "models:/gptcore-classifier/latest", "--env-manager", "local",
+             "-h", "127.0.0.1", "-p", str(port)]
+    with Server(serve, port, project, store_env(project)) as url:
+        (answer,) = http(f"{url}/invocations", {"dataframe_records": [{"text": SPAM}]})["predictions"]
+    for row in (predicted, answer):
+        assert row["label"] == expected["label"] and set(row) == set(expected)
+        assert all(abs(row[k] - expected[k]) < 5e-5 for k in expected if k != "label")  # printed to 4 places
