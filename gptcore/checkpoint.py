@@ -41,9 +41,10 @@ def save_model(model: GPT, folder) -> Path:
 
 def load_model(source, *, drop_rate: float | None = None, n_heads: int | None = None) -> GPT:
     """OpenAI's weights by official name (gpt2 ... gpt2-xl, from the Hub), a model saved by save_model
-    (folder), LoRA adapters saved beside a pointer to their base (folder), a Hugging Face GPT-2 folder (config.json + model.safetensors) or a file saved by the book's
-    code (model.pth, see gptcore.lfs). drop_rate replaces the saved one; n_heads is the head count of a
-    book file, whose tensors do not hold it."""
+    (folder), LoRA adapters saved beside a pointer to their base (folder), a Hugging Face GPT-2 folder
+    (config.json + model.safetensors) or a file saved by the book's code (model.pth, see gptcore.lfs).
+    drop_rate replaces the saved one; n_heads is the head count of a book file, whose tensors do not
+    hold it."""
     from .hf import OFFICIAL_MODELS, load_official
 
     if str(source) in OFFICIAL_MODELS:

@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     classify = commands.add_parser("classify", help="classify a text with a fine-tuned classifier: its label, then "
                                                     "each class's probability")
-    classify.add_argument("text")
+    classify.add_argument("text", help="the text to classify")
     classify.add_argument("--model", default="data/classifier/model",
                           help="the classifier folder the classifier pipeline wrote (default: %(default)s)")
     classify.set_defaults(func=cmd_classify)

@@ -37,7 +37,8 @@ SECTIONS = {"data": (DataConfig,), "model": (ModelSource, ModelConfig), "train":
 # a section that reuses another's dataclass: (that section, the title of this one, its own defaults)
 REUSED = {"classify_train": ("train", "the classifier's fine-tuning: the training loop's settings, the book's "
                                       "chapter 6 by default", CLASSIFY_TRAIN_DEFAULTS),
-          "classify_lora": ("lora", "the classifier's adapters (appendix E: rank 16, alpha 16, lr 8e-4)", {})}
+          "classify_lora": ("lora", "the classifier's adapters (appendix E: rank 16, alpha 16 at lr 5e-5; the "
+                                    "notebook's alpha/rank at 8e-4)", {})}
 RENAMED = {"train.sampling": "train.windows"}
 HEADER = """\
 # gptcore pipeline parameters. Every key is defined, documented and validated in gptcore/settings/;

@@ -3,9 +3,9 @@
 `train_step` is one optimizer step; `Trainer.fit` is the book's train_model around it: evaluate every
 eval_freq steps, sample at each epoch end, checkpoint, stop cleanly on SIGTERM. It serves every task:
 the task (gptcore.tasks) gives the batches, the module whose forward returns the loss and what evaluation
-measures. Everything it reports goes to callbacks (gptcore.callbacks). Under torchrun the same loop runs DDP: each process trains on its
-shard of every global batch, losses are averaged over the processes, and only rank 0 calls the
-callbacks and writes checkpoints.
+measures. Everything it reports goes to callbacks (gptcore.callbacks). Under torchrun the same loop runs
+DDP: each process trains on its shard of every global batch, losses are averaged over the processes,
+and only rank 0 calls the callbacks and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -161,7 +161,8 @@ class Trainer:
             self._report("on_step", {"step": self.step, "epoch": self.epoch, "tokens_seen": self.tokens_seen,
                                      "train_loss": result["train_loss"], "lr": lr, "grad_norm": result["grad_norm"],
                                      "step_seconds": seconds, "tokens_per_second": result["tokens"] / seconds})
-            if (self.step - config.eval_offset) % config.eval_freq == 0 or self.step == self.total_steps:
+            if self.step >= config.eval_offset and (self.step - config.eval_offset) % config.eval_freq == 0 \
+                    or self.step == self.total_steps:
                 self._evaluate()
             if not self.task.draws_at_random and \
                     self.batches_in_epoch >= self.steps_per_epoch * config.grad_accum_steps:

@@ -7,8 +7,8 @@ from gptcore.stage import run_stage, stage_arguments
 def main() -> None:
     args, params = stage_arguments(__doc__, "out")
     meta = prepare_labelled(params.classify, args.out)
-    print(f"prepared {', '.join(f'{rows:,} {name}' for name, rows in meta['rows'].items())} rows "
-          f"({' / '.join(meta['labels'])}) -> {args.out}")
+    rows = ", ".join(f"{count:,} {name}" for name, count in meta["rows"].items())
+    print(f"prepared {rows} rows ({' / '.join(meta['labels'])}) -> {args.out}")
 
 
 if __name__ == "__main__":

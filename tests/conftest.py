@@ -160,3 +160,18 @@ class Server:
         os.killpg(self.process.pid, 15)
         self.process.wait(timeout=30)
         self.process.stdout.close()
+
+
+def interrupt_at(trainer, step: int):
+    """Run trainer until `step`, then stop it there as SIGTERM does (a checkpoint is saved)."""
+    from gptcore.callbacks import TrainerCallback
+    from gptcore.trainer import TrainingInterrupted
+
+    class StopAt(TrainerCallback):
+        def on_step(self, record):
+            if record["step"] == step:
+                trainer.stop_signal = "SIGTERM"
+
+    trainer.callbacks.append(StopAt())
+    with pytest.raises(TrainingInterrupted, match=f"step {step}"):
+        trainer.fit()

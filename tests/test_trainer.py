@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import interrupt_at
 from gptcore.callbacks import PrintProgress, TrainerCallback
 from gptcore.checkpoint import latest_checkpoint
 from gptcore.model import GPT, ModelConfig
 from gptcore.settings.train import TrainConfig
 from gptcore.tasks import LanguageModeling
-from gptcore.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, build_optimizer
+from gptcore.trainer import NonFiniteLossError, Trainer, build_optimizer
 
 CONTEXT = 16
 
@@ -60,7 +61,8 @@ def test_records_lr_schedule_and_evaluations():
 
 
 def test_grad_norm_is_reported_before_clipping_and_clipping_changes_the_update():
-    clipped = Trainer(tiny_model(0.0), config(max_steps=1, max_grad_norm=1e-3, clip_after_warmup=False), LanguageModeling(TRAIN, VAL))
+    clipped = Trainer(tiny_model(0.0), config(max_steps=1, max_grad_norm=1e-3, clip_after_warmup=False),
+                      LanguageModeling(TRAIN, VAL))
     unclipped = Trainer(tiny_model(0.0), config(max_steps=1, max_grad_norm=0), LanguageModeling(TRAIN, VAL))
     norm_clipped = clipped.fit()["steps"][0]["grad_norm"]
     norm_unclipped = unclipped.fit()["steps"][0]["grad_norm"]
@@ -103,14 +105,7 @@ def test_resume_continues_the_identical_trajectory(tmp_path):
 
     first = Trainer(tiny_model(), config(), LanguageModeling(TRAIN, VAL), checkpoint_dir=tmp_path / "b")
 
-    class StopAtStep11(TrainerCallback):  # as SIGTERM does: mid-epoch, so the data position matters
-        def on_step(self, record):
-            if record["step"] == 11:
-                first.stop_signal = "SIGTERM"
-
-    first.callbacks.append(StopAtStep11())
-    with pytest.raises(TrainingInterrupted, match="step 11"):
-        first.fit()
+    interrupt_at(first, 11)  # mid-epoch, so the data position matters
     torch.manual_seed(999)  # a different global RNG state must not matter after resume
     resumed = Trainer(tiny_model(seed=1), config(), LanguageModeling(TRAIN, VAL), checkpoint_dir=tmp_path / "b")
     assert resumed.resume() and resumed.step == 11
@@ -168,8 +163,8 @@ def test_callbacks_and_epoch_samples(tokenizer):
 
 
 def test_random_window_sampling_trains_and_samples_at_end(tokenizer):
-    history = Trainer(tiny_model(), config(max_steps=5, windows="random", sample_tokens=3), LanguageModeling(TRAIN, VAL),
-                      tokenizer=tokenizer).fit()
+    history = Trainer(tiny_model(), config(max_steps=5, windows="random", sample_tokens=3),
+                      LanguageModeling(TRAIN, VAL), tokenizer=tokenizer).fit()
     assert len(history["steps"]) == 5 and [s["step"] for s in history["samples"]] == [5]
 
 
@@ -195,7 +190,8 @@ def test_tiny_preset_learns_the_verdict(shared_dir, tmp_path, tokenizer):
 
 @pytest.mark.parametrize("terminal", [False, True])
 def test_progress_bar_on_a_terminal_only_and_eval_lines_always(capsys, terminal):
-    Trainer(tiny_model(), config(max_steps=4), LanguageModeling(TRAIN, VAL), callbacks=[PrintProgress(bar=terminal)]).fit()
+    Trainer(tiny_model(), config(max_steps=4), LanguageModeling(TRAIN, VAL),
+            callbacks=[PrintProgress(bar=terminal)]).fit()
     out, err = capsys.readouterr()
     assert out.count("| val loss") == 1  # the step-4 evaluation, as the seed prints it
     if terminal:

@@ -71,6 +71,7 @@ class ClassifyConfig:
                               "leaves no test split; make their sum < 1")
         if len(set(self.labels)) < 2 or len(set(self.labels)) != len(self.labels):
             raise ConfigError(f"classify.labels = {self.labels!r}: give at least two distinct label names")
-        if self.column_names is not None and {self.text_column, self.label_column} - set(self.column_names):
-            raise ConfigError(f"classify.text_column / label_column ({self.text_column!r}, {self.label_column!r}) "
-                              f"must be among classify.column_names {self.column_names!r}")
+        for key in ("text_column", "label_column"):
+            if self.column_names is not None and getattr(self, key) not in self.column_names:
+                raise ConfigError(f"classify.{key} = {getattr(self, key)!r} is not one of classify.column_names "
+                                  f"{self.column_names!r}; name one of those columns")
