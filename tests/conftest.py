@@ -71,7 +71,8 @@ def make_project(root: Path) -> Path:
         if (REPO / name).is_file() and not name.startswith(("metrics/", "plots/")):
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
-    (root / "dvc.lock").unlink(missing_ok=True)
+    for lock in root.rglob("dvc.lock"):  # the pipelines' own runs, whose outputs the copy does not have
+        lock.unlink()
     values = validate(read_yaml(root / "params.yaml")).values
     values["model"].update(preset="tiny", context_length=32)
     values["train"].update(epochs=2, eval_freq=20, checkpoint_every=40, sample_tokens=5, warmup_steps=5)

@@ -12,6 +12,7 @@ from gptcore.inference import (Int8Linear, greedy_agreement, next_token_agreemen
                                quantize_int8, resolve_weights)
 from gptcore.model import GPT, ModelConfig
 from gptcore.sampling import generate
+from gptcore.tasks import LanguageModeling
 
 CPU = torch.device("cpu")
 

@@ -69,7 +69,7 @@ def test_repro_runs_every_stage_and_tracks_one_run(project):
     artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id)}
     assert {"plots", "samples", "training_samples"} <= artifacts
 
-    assert "up to date" in run(["dvc", "status"], project)
+    assert "up to date" in run(["dvc", "status", "dvc.yaml"], project)  # the root pipeline
     assert "Running stage" not in run(["dvc", "repro"], project)  # nothing changed: nothing runs
 
 
@@ -102,7 +102,7 @@ def test_train_stage_sigkilled_three_times_resumes_to_bitwise_equal_weights(proj
     assert f"resuming from step 40 ({run_dir})" in resumed
     assert (project / "models" / "model.safetensors").read_bytes() == straight
     assert list(checkpoints.iterdir()) == []  # finished: the resume state is gone, staging leftovers too
-    assert "up to date" in run(["dvc", "status"], project)
+    assert "up to date" in run(["dvc", "status", "dvc.yaml"], project)  # the root pipeline
 
 
 def test_fine_tunes_from_a_locally_saved_hugging_face_folder(project, tmp_path):

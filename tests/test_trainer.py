@@ -182,8 +182,8 @@ def test_tiny_preset_learns_the_verdict(shared_dir, tmp_path, tokenizer):
     # beta2 0.95 (the book's 0.999 adapts too slowly to leave the plateau within 100 steps)
     history = Trainer(model, config(max_steps=100, batch_size=8, peak_lr=3e-3, warmup_steps=5, weight_decay=0.0,
                                     beta2=0.95, cosine_decay=False, eval_freq=100),
-                      load_tokens(tmp_path / "tokens" / "train.bin"), load_tokens(tmp_path / "tokens" / "val.bin"),
-                      tokenizer=tokenizer).fit()
+                      LanguageModeling(load_tokens(tmp_path / "tokens" / "train.bin"),
+                                       load_tokens(tmp_path / "tokens" / "val.bin")), tokenizer=tokenizer).fit()
     first, last = history["steps"][0]["train_loss"], history["steps"][-1]["train_loss"]
     assert first > 10.5 and last < first / 2
 
