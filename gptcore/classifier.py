@@ -237,8 +237,9 @@ def classify(classifier: SequenceClassifier, info: dict, texts: list[str], token
     loader = make_dataloader(encoded.dataset(), batch_size=batch_size, shuffle=False, drop_last=False, seed=0)
     results = []
     for batch in loader:
+        ids, _, positions = to_device(batch, runtime.device)
         with runtime.autocast():
-            logits, _ = classifier(*to_device(batch, runtime.device))
+            logits, _ = classifier(ids, positions=positions)  # no labels: no loss to compute
         for row in logits.float().softmax(dim=-1).tolist():
             best = max(range(len(row)), key=row.__getitem__)
             results.append({"label": info["labels"][best], "probabilities": dict(zip(info["labels"], row))})
