@@ -28,7 +28,7 @@ from gptcore.classifier import Classification, EncodedSplit, SequenceClassifier,
 from gptcore.datasets import make_dataloader
 from gptcore.finetune import encode_splits
 from gptcore.labelled import SPLITS, prepare_labelled, read_split
-from gptcore.lfs import lfs_state_dict
+from gptcore.lfs import book_model
 from gptcore.lora import apply_lora
 from gptcore.machine import cpu_model
 from gptcore.runtime import setup_runtime
@@ -42,17 +42,12 @@ from gptcore.trainer import Trainer
 def book_classifier(base, lora: bool):
     """The book's GPTModel holding base's weights, modified as chapter 6 (or appendix E) does."""
     from llms_from_scratch.appendix_e import replace_linear_with_lora
-    from llms_from_scratch.ch04 import GPTModel
 
-    cfg = {"vocab_size": base.config.vocab_size, "context_length": base.config.context_length,
-           "emb_dim": base.config.emb_dim, "n_heads": base.config.n_heads, "n_layers": base.config.n_layers,
-           "drop_rate": 0.0, "qkv_bias": base.config.qkv_bias}
-    model = GPTModel(cfg)
-    model.load_state_dict(lfs_state_dict(base))
+    model = book_model(base)
     for parameter in model.parameters():
         parameter.requires_grad = False
     torch.manual_seed(123)
-    model.out_head = torch.nn.Linear(cfg["emb_dim"], 2)
+    model.out_head = torch.nn.Linear(base.config.emb_dim, 2)
     if lora:
         for parameter in model.parameters():
             parameter.requires_grad = False

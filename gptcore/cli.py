@@ -1,4 +1,4 @@
-"""The `gptcore` command: generate, classify, bench, export-hf, export-lfs, info."""
+"""The `gptcore` command: generate, classify, instruct, bench, export-hf, export-lfs, info."""
 
 from __future__ import annotations
 
@@ -60,6 +60,17 @@ def cmd_classify(args) -> None:
     classifier, info = load_classifier(args.model)
     (result,) = classify(classifier, info, [args.text], Tokenizer(), setup_runtime("cpu", "fp32"))
     print(f"{result['label']}\t" + "  ".join(f"{label} {p:.4f}" for label, p in result["probabilities"].items()))
+
+
+def cmd_instruct(args) -> None:
+    from .instruct import answer, load_instruct_model
+    from .runtime import setup_runtime
+    from .tokenizer import Tokenizer
+
+    model, template, info = load_instruct_model(args.model)
+    (response,) = answer(model, template, info, [{"instruction": args.instruction, "input": args.input}], Tokenizer(),
+                         setup_runtime("cpu", "fp32"), max_new_tokens=args.max_new_tokens)
+    print(response)
 
 
 def cmd_bench(args) -> None:
@@ -136,6 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--model", default="data/classifier/model",
                           help="the classifier folder the classifier pipeline wrote (default: %(default)s)")
     classify.set_defaults(func=cmd_classify)
+
+    instruct = commands.add_parser("instruct", help="answer an instruction with a fine-tuned instruction model "
+                                                    "(greedy, in the template it was trained on)")
+    instruct.add_argument("instruction", help="the task, e.g. \"Rewrite the sentence in passive voice.\"")
+    instruct.add_argument("--input", default="", help="the text the instruction works on (optional)")
+    instruct.add_argument("--model", default="data/instruct/model",
+                          help="the folder the instruction pipeline wrote (default: %(default)s)")
+    instruct.add_argument("--max-new-tokens", type=int, default=None,
+                          help="at most this many tokens (default: instruct.max_new_tokens it was trained with)")
+    instruct.set_defaults(func=cmd_instruct)
 
     bench = commands.add_parser("bench", help="benchmark gptcore against Hugging Face GPT-2 on this machine")
     bench.add_argument("--context", type=int, nargs="+", default=[256, 1024])

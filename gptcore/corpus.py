@@ -72,6 +72,19 @@ def fetch_url(url: str, sha256: str | None, cache_dir: Path | None = None) -> Pa
     return cached
 
 
+def locate_file(source: str, sha256: str | None, key: str, kinds: str) -> Path:
+    """The local, verified file of a one-file source (`key` names its setting, e.g. classify.source): a
+    URL through fetch_url, or a file, checked against sha256 when one is given."""
+    if source.startswith(("http://", "https://")):
+        return fetch_url(source, sha256)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise CorpusError(f"{key} {source!r} is not a file; give a {kinds} file or an http(s) URL")
+    if sha256:
+        verify_checksum(path, sha256, str(path))
+    return path
+
+
 def mirror_copy(folder: Path, name: str, sha256: str) -> Path | None:
     """The mirror's copy of a download: by file name, else the file its SHA256SUMS lists with this checksum."""
     if (folder / name).is_file():

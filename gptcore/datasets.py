@@ -95,10 +95,37 @@ class EpochSampler(Sampler):
         return max(0, self.length // (self.batch_size * self.world_size) - self.skip_batches) * self.batch_size
 
 
+class LengthGroupedSampler(EpochSampler):
+    """EpochSampler's order regrouped so that a batch holds items of similar length (Hugging Face's
+    group_by_length): the order cut into windows of `window_batches` global batches, each sorted longest
+    first, and the full batches then shuffled; an incomplete last batch stays last (drop_last drops it).
+    Still a pure function of (seed, epoch), so resume stays exact."""
+
+    def __init__(self, lengths: list[int], shuffle: bool, seed: int, batch_size: int = 1, rank: int = 0,
+                 world_size: int = 1, window_batches: int = 50):
+        super().__init__(len(lengths), shuffle, seed, batch_size, rank, world_size)
+        self.lengths, self.window_batches = lengths, window_batches
+
+    def order(self) -> list[int]:
+        order, global_batch = super().order(), self.batch_size * self.world_size
+        window = self.window_batches * global_batch
+        grouped = [index for start in range(0, len(order), window)
+                   for index in sorted(order[start:start + window], key=lambda i: -self.lengths[i])]
+        full = len(grouped) // global_batch
+        batches = [grouped[b * global_batch:(b + 1) * global_batch] for b in range(full)]
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 500_000)
+            batches = [batches[b] for b in torch.randperm(full, generator=generator).tolist()]
+        return [index for batch in batches for index in batch] + grouped[full * global_batch:]
+
+
 def make_dataloader(dataset: Dataset, *, batch_size: int, shuffle: bool, drop_last: bool, seed: int,
-                    split: str = "train", rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader with a seeded, resumable order, rank r's shard of it (see EpochSampler); pin_memory
-    for a CUDA device, so the copy to it can overlap the step (non_blocking)."""
+                    split: str = "train", rank: int = 0, world_size: int = 1, pin_memory: bool = False,
+                    collate_fn=None, lengths: list[int] | None = None) -> DataLoader:
+    """A DataLoader with a seeded, resumable order, rank r's shard of it (see EpochSampler), its batches
+    grouped by the items' lengths when given (LengthGroupedSampler); pin_memory for a CUDA device, so the
+    copy to it can overlap the step (non_blocking); collate_fn makes a batch of items (PyTorch's default
+    stacks them)."""
     global_batch = batch_size * world_size
     n_batches = len(dataset) // global_batch if drop_last or world_size > 1 else -(-len(dataset) // batch_size)
     if n_batches == 0:
@@ -108,9 +135,10 @@ def make_dataloader(dataset: Dataset, *, batch_size: int, shuffle: bool, drop_la
             f"set drop_last false")
     # its own generator: creating an iterator must not draw from the global RNG (dropout's), or a resumed
     # run would diverge from a straight one
-    sampler = EpochSampler(len(dataset), shuffle, seed, batch_size, rank, world_size)
+    sampler = EpochSampler(len(dataset), shuffle, seed, batch_size, rank, world_size) if lengths is None \
+        else LengthGroupedSampler(lengths, shuffle, seed, batch_size, rank, world_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                      generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory)
+                      generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory, collate_fn=collate_fn)
 
 
 class RandomWindows:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from .atomic import atomic_path, atomic_write_text
-from .corpus import BLOCK_BYTES, CorpusError, default_cache_dir, fetch_url, mirror_copy, sha256_file, verify_checksum
+from .corpus import BLOCK_BYTES, CorpusError, default_cache_dir, locate_file, mirror_copy, sha256_file, verify_checksum
 from .settings.classify import ClassifyConfig
 
 SPLITS = ("train", "validation", "test")
@@ -66,15 +66,7 @@ def locate_table(config: ClassifyConfig) -> Path:
     """The local, verified table file of classify.source (and classify.member for a zip)."""
     if config.member:
         return fetch_member(config.source, config.member, config.sha256)
-    if config.source.startswith(("http://", "https://")):
-        return fetch_url(config.source, config.sha256)
-    path = Path(config.source).expanduser()
-    if not path.is_file():
-        raise CorpusError(f"classify.source {config.source!r} is not a file; give a .tsv / .csv file or an "
-                          "http(s) URL")
-    if config.sha256:
-        verify_checksum(path, config.sha256, str(path))
-    return path
+    return locate_file(config.source, config.sha256, "classify.source", ".tsv / .csv")
 
 
 def read_table(path: Path, config: ClassifyConfig) -> pd.DataFrame:

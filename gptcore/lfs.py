@@ -144,6 +144,19 @@ def lfs_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone().contiguous() for name, tensor in state.items()}
 
 
+def book_model(model: GPT, drop_rate: float = 0.0):
+    """The book's own GPTModel (llms-from-scratch's ch04, installed with --no-deps) holding model's weights:
+    the reference the parity tests and benchmarks compare with."""
+    from llms_from_scratch.ch04 import GPTModel
+
+    config = model.config
+    reference = GPTModel({"vocab_size": config.vocab_size, "context_length": config.context_length,
+                          "emb_dim": config.emb_dim, "n_heads": config.n_heads, "n_layers": config.n_layers,
+                          "drop_rate": drop_rate, "qkv_bias": config.qkv_bias})
+    reference.load_state_dict(lfs_state_dict(model))
+    return reference
+
+
 def export_lfs(model: GPT, path) -> Path:
     """Write model.pth for the book's notebooks (`model.load_state_dict(torch.load(path))`), atomically."""
     path = Path(path)

@@ -17,19 +17,38 @@ from .settings.model import ModelConfig
 
 
 class KVCache:
-    """Pre-allocated keys/values for every layer: (n_layers, 2, B, n_heads, context_length, head_dim).
+    """Pre-allocated keys/values for every layer: (n_layers, 2, B, n_heads, slots, head_dim), slots =
+    context_length unless given.
 
-    `length` counts the positions filled so far; a forward pass with the cache appends its tokens there.
+    `length` counts the slots filled so far; a forward pass with the cache appends its tokens there. With
+    `pad` (B,), row b's first pad[b] slots hold left padding: its tokens take positions from 0 after them,
+    and no query attends to them (prompts of different lengths decoded in one batch).
     """
 
-    def __init__(self, config: ModelConfig, batch_size: int, device, dtype):
+    def __init__(self, config: ModelConfig, batch_size: int, device, dtype, slots: int | None = None,
+                 pad: torch.Tensor | None = None):
         head_dim = config.emb_dim // config.n_heads
-        shape = (config.n_layers, 2, batch_size, config.n_heads, config.context_length, head_dim)
+        shape = (config.n_layers, 2, batch_size, config.n_heads, slots or config.context_length, head_dim)
         self.buffer = torch.empty(shape, device=device, dtype=dtype)
-        self.length = 0
+        self.length, self.pad = 0, pad
 
     def reset(self):
         self.length = 0
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Drop every other row (finished sequences stop costing compute)."""
+        self.buffer = self.buffer[:, :, rows]
+        self.pad = None if self.pad is None else self.pad[rows]
+
+    def attention_mask(self, n_new: int) -> torch.Tensor | None:
+        """(B, 1, n_new, length + n_new): causal, padding slots hidden; None without padding. A padding
+        slot's own query sees itself, so no row of the softmax is empty (its output is never read)."""
+        if self.pad is None:
+            return None
+        keys = torch.arange(self.length + n_new, device=self.pad.device)
+        queries = keys[self.length:, None]
+        visible = (keys[None, :] <= queries) & (keys[None, None, :] >= self.pad[:, None, None])
+        return (visible | (keys[None, :] == queries))[:, None]
 
 
 class CausalSelfAttention(nn.Module):
@@ -41,17 +60,17 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.emb_dim, config.emb_dim)
         self.resid_dropout = nn.Dropout(config.drop_rate)
 
-    def forward(self, x, layer_cache=None, start=0):
+    def forward(self, x, layer_cache=None, start=0, attn_mask=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_heads, T, head_dim)
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
-        mask, causal = None, True
+        mask, causal = attn_mask, attn_mask is None
         if layer_cache is not None:
             layer_cache[0, :, :, start:start + T] = k
             layer_cache[1, :, :, start:start + T] = v
             k, v = layer_cache[0, :, :, :start + T], layer_cache[1, :, :, :start + T]
-            if start > 0:  # queries at positions start..start+T-1 see keys up to their own position
+            if start > 0 and attn_mask is None:  # queries at start..start+T-1 see keys up to their own position
                 causal = False
                 if T > 1:
                     mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
@@ -83,8 +102,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.emb_dim, eps=1e-5)
         self.mlp = MLP(config)
 
-    def forward(self, x, layer_cache=None, start=0):
-        x = x + self.attn(self.ln_1(x), layer_cache, start)
+    def forward(self, x, layer_cache=None, start=0, attn_mask=None):
+        x = x + self.attn(self.ln_1(x), layer_cache, start, attn_mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -192,17 +211,29 @@ class GPT(nn.Module):
         else:
             self.sinusoidal_pos = self.sinusoidal_pos[:context_length]
 
+    def untie_embeddings(self) -> None:
+        """Give the output head its own copy of the token embedding (the book's GPTModel keeps a separate
+        out_head, which load_weights_into_gpt fills with OpenAI's embedding), so it can train apart."""
+        if self.config.tie_embeddings:
+            self.lm_head.weight = nn.Parameter(self.transformer.wte.weight.detach().clone())
+            self.config = replace(self.config, tie_embeddings=False)
+
     def num_parameters(self) -> int:
         """Distinct parameters: a tied output head is counted once, as OpenAI's 124M does."""
         return sum(p.numel() for p in self.parameters())
 
-    def embed(self, idx, start: int = 0):
-        """idx (B, T) token ids at positions start.. -> the residual stream entering block 0 (B, T, emb_dim)."""
+    def embed(self, idx, start: int = 0, pad: torch.Tensor | None = None):
+        """idx (B, T) token ids at positions start.. (row b: start - pad[b].., its left padding at 0) -> the
+        residual stream entering block 0 (B, T, emb_dim)."""
         T = idx.shape[1]
-        if start + T > self.config.context_length:
-            raise ValueError(f"sequence of {start + T} tokens exceeds context_length "
-                             f"{self.config.context_length}; crop the input first")
+        # the unpadded check needs no value from the device (no host sync in a training step)
+        length = start + T if pad is None else start + T - int(pad.min())
+        if length > self.config.context_length:
+            raise ValueError(f"sequence of {length} tokens exceeds context_length {self.config.context_length}; "
+                             "crop the input first")
         positions = torch.arange(start, start + T, device=idx.device)
+        if pad is not None:
+            positions = (positions[None] - pad[:, None]).clamp(min=0)  # (B, T)
         pos_emb = self.transformer.wpe(positions) if self.config.pos_embedding == "learned" \
             else self.sinusoidal_pos[positions]
         return self.transformer.drop(self.transformer.wte(idx) + pos_emb)
@@ -213,9 +244,10 @@ class GPT(nn.Module):
         With kv_cache, idx holds only the new tokens: they take positions kv_cache.length onwards.
         """
         start = kv_cache.length if kv_cache is not None else 0
-        x = self.embed(idx, start)
+        x = self.embed(idx, start, kv_cache.pad if kv_cache is not None else None)
+        mask = kv_cache.attention_mask(idx.shape[1]) if kv_cache is not None else None
         for i, block in enumerate(self.transformer.h):
-            x = block(x, kv_cache.buffer[i] if kv_cache is not None else None, start)
+            x = block(x, kv_cache.buffer[i] if kv_cache is not None else None, start, mask)
         if kv_cache is not None:
             kv_cache.length += idx.shape[1]
         x = self.transformer.ln_f(x)

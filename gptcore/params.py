@@ -23,6 +23,8 @@ from .settings.classify import CLASSIFY_TRAIN_DEFAULTS, ClassifyConfig
 from .settings.data import DataConfig
 from .settings.evaluate import EvaluateConfig
 from .settings.generate import GenerateConfig
+from .settings.instruct import INSTRUCT_TRAIN_DEFAULTS, InstructConfig
+from .settings.judge import JudgeConfig
 from .settings.lora import LoraConfig
 from .settings.model import ModelConfig, ModelSource
 from .settings.tracking import TrackingConfig
@@ -33,12 +35,17 @@ from .settings.train import TrainConfig
 SECTIONS = {"data": (DataConfig,), "model": (ModelSource, ModelConfig), "train": (TrainConfig,),
             "lora": (LoraConfig,), "evaluate": (EvaluateConfig,), "generate": (GenerateConfig,),
             "tracking": (TrackingConfig,), "classify": (ClassifyConfig,), "classify_train": (TrainConfig,),
-            "classify_lora": (LoraConfig,)}
+            "classify_lora": (LoraConfig,), "instruct": (InstructConfig,), "instruct_train": (TrainConfig,),
+            "instruct_lora": (LoraConfig,), "judge": (JudgeConfig,)}
 # a section that reuses another's dataclass: (that section, the title of this one, its own defaults)
 REUSED = {"classify_train": ("train", "the classifier's fine-tuning: the training loop's settings, the book's "
                                       "chapter 6 by default", CLASSIFY_TRAIN_DEFAULTS),
           "classify_lora": ("lora", "the classifier's adapters (appendix E: rank 16, alpha 16 at lr 5e-5; the "
-                                    "notebook's alpha/rank at 8e-4)", {})}
+                                    "notebook's alpha/rank at 8e-4)", {}),
+          "instruct_train": ("train", "the instruction fine-tuning: the training loop's settings, the book's "
+                                      "chapter 7 by default", INSTRUCT_TRAIN_DEFAULTS),
+          "instruct_lora": ("lora", "the instruction model's adapters (the book's exercise 7.4: rank 16, alpha 16)",
+                            {})}
 RENAMED = {"train.sampling": "train.windows"}
 HEADER = """\
 # gptcore pipeline parameters. Every key is defined, documented and validated in gptcore/settings/;
@@ -93,6 +100,10 @@ class Params:
     classify: ClassifyConfig
     classify_train: TrainConfig
     classify_lora: LoraConfig
+    instruct: InstructConfig
+    instruct_train: TrainConfig
+    instruct_lora: LoraConfig
+    judge: JudgeConfig
 
 
 def validate(raw, source: str = "params.yaml") -> Params:

@@ -123,3 +123,59 @@ def continue_prompts(model: GPT, tokenizer, settings: GenerateConfig, device=Non
                        eos_id=tokenizer.eot_id if settings.stop_at_eos else None, seed=seed)
         continued.append({"prompt_ids": ids, "new_ids": out[0, len(ids):].tolist(), "seed": seed})
     return continued
+
+
+@torch.no_grad()
+def generate_batched(model: GPT, prompts: list[list[int]], max_new_tokens: int, *, eos_id: int | None,
+                     batch_size: int = 16, temperature: float = 0.0, top_k: int | None = None,
+                     top_p: float | None = None, seed: int | None = None) -> list[list[int]]:
+    """The new tokens of each prompt (its end-of-text not included), batch_size prompts at a time with a
+    KV cache. The prompts are taken longest first, so a batch pads little, and left-padded within it; a
+    sequence stops at eos_id, after max_new_tokens, or when it has filled the model's context (the last
+    token generate() would give before it slides the window), and leaves the batch then.
+
+    At batch 1 the tokens are generate()'s. In a batch, fp32 rounding depends on the batch's shape, so a
+    near-tie between the two likeliest tokens can go the other way.
+    """
+    validate_sampler(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens)
+    context = model.config.context_length
+    for index, prompt in enumerate(prompts):
+        check_prompt(len(prompt), context, f"prompt {index}")
+    device = next(model.parameters()).device
+    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    results: list[list[int]] = [[] for _ in prompts]
+    for first in range(0, len(order), batch_size):
+        rows = order[first:first + batch_size]
+        lengths = [len(prompts[row]) for row in rows]
+        # the prompt's positions, then one for each token fed back: at most the context
+        budgets = [min(max_new_tokens, context - length + 1) for length in lengths]
+        longest = max(lengths)
+        ids = torch.zeros(len(rows), longest, dtype=torch.long)
+        for slot, row in enumerate(rows):
+            ids[slot, longest - lengths[slot]:] = torch.tensor(prompts[row])
+        pad = torch.tensor([longest - length for length in lengths], device=device)
+        cache = KVCache(model.config, len(rows), device, next(model.parameters()).dtype,
+                        slots=longest + max(budgets) - 1, pad=pad if bool(pad.any()) else None)
+        logits, _ = model(ids.to(device), kv_cache=cache, last_token_only=True)
+        alive = list(range(len(rows)))  # the batch's slots still decoding, in cache order
+        while alive:
+            tokens = next_token(logits[:, -1, :VOCAB_SIZE], temperature, top_k, top_p, generator)
+            keep = []
+            for position, (slot, token) in enumerate(zip(alive, tokens[:, 0].tolist())):
+                if token == eos_id:
+                    continue
+                results[rows[slot]].append(token)
+                if len(results[rows[slot]]) < budgets[slot]:
+                    keep.append(position)
+            if not keep:
+                break
+            if len(keep) < len(alive):  # finished sequences leave the batch
+                kept = torch.tensor(keep, device=device)
+                cache.keep_rows(kept)
+                tokens, alive = tokens[kept], [alive[position] for position in keep]
+            logits, _ = model(tokens, kv_cache=cache, last_token_only=True)
+    model.train(was_training)
+    return results

@@ -11,12 +11,16 @@ from .errors import GptcoreError
 from .params import Params, load_params
 
 
-def stage_arguments(description: str, *paths: str) -> tuple[argparse.Namespace, Params]:
-    """--params and the stage's path arguments (all required: dvc.yaml's cmd shows them), and the whole
-    params file validated (a typo anywhere stops the first stage)."""
+def stage_arguments(description: str, *paths: str, choices: dict[str, tuple[str, ...]] | None = None
+                    ) -> tuple[argparse.Namespace, Params]:
+    """--params, the stage's path arguments and its choices (e.g. --task of a script two pipelines share),
+    all required: dvc.yaml's cmd shows them; and the whole params file validated (a typo anywhere stops
+    the first stage)."""
     parser = argparse.ArgumentParser(description=description)
     for name in ("params", *paths):
         parser.add_argument(f"--{name}", type=Path, required=True)
+    for name, options in (choices or {}).items():
+        parser.add_argument(f"--{name}", choices=options, required=True)
     args = parser.parse_args()
     return args, load_params(args.params)
 

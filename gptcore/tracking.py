@@ -250,6 +250,23 @@ class Tracker:
         return self.log_pyfunc("pyfunc_classifier.py", model_dir, signature, registered_name,
                                pd.DataFrame({"text": [example_text]}))
 
+    def log_instruct(self, model_dir, registered_name: str | None, example: dict) -> str | None:
+        """The instruction model in model_dir as the run's MLflow model (gptcore/pyfunc_instruct.py):
+        `instruction` and an optional `input` in, `response` out. Returns the registered version."""
+        import pandas as pd
+        from mlflow.models import ModelSignature
+        from mlflow.types.schema import ColSpec, Schema
+
+        signature = ModelSignature(
+            inputs=Schema([ColSpec("string", "instruction"), ColSpec("string", "input", required=False)]),
+            outputs=Schema([ColSpec("string", "response")]))
+        return self.log_pyfunc("pyfunc_instruct.py", model_dir, signature, registered_name,
+                               pd.DataFrame([{"instruction": example["instruction"], "input": example["input"]}]))
+
+    def log_table(self, frame, artifact_file: str):
+        """A table the MLflow UI shows (its evaluation view), as a JSON artifact."""
+        self.client.log_table(self.run_id, frame, artifact_file)
+
     def log_pyfunc(self, python_model: str, model_dir, signature, registered_name: str | None,
                    input_example) -> str | None:
         """A pyfunc logged from code (python_model, a file of the gptcore package, which is its code path),

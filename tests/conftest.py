@@ -3,8 +3,10 @@ import shutil
 import json
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -176,3 +178,44 @@ def interrupt_at(trainer, step: int):
     trainer.callbacks.append(StopAt())
     with pytest.raises(TrainingInterrupted, match=f"step {step}"):
         trainer.fit()
+
+
+class JudgeServer:
+    """A local server speaking Ollama's /api/chat (streamed lines) and OpenAI's /v1/chat/completions: it
+    answers every prompt with the number of words in the response it quotes, and records the requests."""
+
+    def __init__(self):
+        requests = self.requests = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"Ollama is running")
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                requests.append((self.path, body))
+                quoted = body["messages"][0]["content"].split("score the model response `")[1].split("`")[0]
+                score = str(len(quoted.split()))
+                self.send_response(200)
+                self.end_headers()
+                if self.path == "/api/chat":
+                    for part in (score[:1], score[1:]):
+                        self.wfile.write(json.dumps({"message": {"role": "assistant", "content": part}}).encode() + b"\n")
+                else:
+                    self.wfile.write(json.dumps({"choices": [{"message": {"content": score}}]}).encode())
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()

@@ -113,3 +113,27 @@ def check_fields(instance, section: str) -> None:
     """check_value for every field of a settings dataclass, in order."""
     for definition in fields(instance):
         check_value(definition, section, getattr(instance, definition.name))
+
+
+def checksum_setting(default: str | None, of: str = "the source") -> Field:
+    """A section's `sha256`: the checksum its source is verified with (check_source_checksum)."""
+    return setting(default, f"checksum of {of}, verified; required for a URL", sha256=True)
+
+
+def check_source_checksum(instance, section: str) -> None:
+    """A URL source needs its sha256: what is downloaded is verified before it is used."""
+    if instance.source.startswith(("http://", "https://")) and not instance.sha256:
+        raise ConfigError(f"{section}.sha256 is missing; a URL source ({instance.source}) needs its sha256 to be "
+                          "verified")
+
+
+def check_split_ratios(instance, section: str, first: str, second: str, rest: str) -> None:
+    """Two shares of the rows (e.g. train_ratio and val_ratio) must leave some for the third split."""
+    total = getattr(instance, first) + getattr(instance, second)
+    if total >= 1:
+        raise ConfigError(f"{section}.{first} + {section}.{second} = {total:g} leaves no {rest} split; make their "
+                          "sum < 1")
+
+
+def registered_model_setting(name: str) -> Field:
+    return setting(name, "registered model name in MLflow; null = logged with the run, not registered")

@@ -4,7 +4,8 @@
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from . import check_fields, setting
+from . import (check_fields, check_source_checksum, check_split_ratios, checksum_setting,
+               registered_model_setting, setting)
 
 SPAM_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
 SPAM_MEMBER = "SMSSpamCollection"
@@ -30,8 +31,7 @@ class ClassifyConfig:
                                     "zip (the book's SMS Spam Collection)")
     member: str | None = setting(SPAM_MEMBER, "the table's name inside a zip source; null: the source is the "
                                               "table")
-    sha256: str | None = setting(SPAM_SHA256, "checksum of the table (a zip's member), verified; required for "
-                                              "a URL", sha256=True)
+    sha256: str | None = checksum_setting(SPAM_SHA256, "the table (a zip's member)")
     format: str = setting("auto", "auto: .csv is comma-separated, anything else tab-separated | tsv | csv",
                           choices=TABLE_FORMATS)
     column_names: list[str] | None = setting(["label", "text"], "names of the columns of a table without a "
@@ -58,17 +58,12 @@ class ClassifyConfig:
                                     "last_token (the last real token, as Hugging Face)", choices=POSITIONS)
     cache_frozen: bool = setting(True, "run the frozen leading blocks once per text and train on their output "
                                        "(the same numbers; with drop_rate 0 and no adapters in them)")
-    registered_model: str | None = setting("gptcore-classifier", "registered model name in MLflow; null = logged "
-                                                                 "with the run, not registered")
+    registered_model: str | None = registered_model_setting("gptcore-classifier")
 
     def __post_init__(self):
         check_fields(self, "classify")
-        if self.source.startswith(("http://", "https://")) and not self.sha256:
-            raise ConfigError(f"classify.sha256 is missing; a URL source ({self.source}) needs the table's sha256 "
-                              "to be verified")
-        if self.train_ratio + self.val_ratio >= 1:
-            raise ConfigError(f"classify.train_ratio + classify.val_ratio = {self.train_ratio + self.val_ratio:g} "
-                              "leaves no test split; make their sum < 1")
+        check_source_checksum(self, "classify")
+        check_split_ratios(self, "classify", "train_ratio", "val_ratio", "test")
         if len(set(self.labels)) < 2 or len(set(self.labels)) != len(self.labels):
             raise ConfigError(f"classify.labels = {self.labels!r}: give at least two distinct label names")
         for key in ("text_column", "label_column"):

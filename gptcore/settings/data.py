@@ -2,8 +2,7 @@
 
 from dataclasses import dataclass
 
-from ..errors import ConfigError
-from . import check_fields, setting
+from . import check_fields, check_source_checksum, checksum_setting, setting
 
 VERDICT_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/01_main-chapter-code/"
                "the-verdict.txt")
@@ -14,13 +13,10 @@ VERDICT_SHA256 = "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b3
 class DataConfig:
     source: str = setting(VERDICT_URL, "the book's corpus, Edith Wharton's \"The Verdict\" (public domain); "
                                        "also a local file, a folder of .txt files or a glob")
-    sha256: str | None = setting(VERDICT_SHA256, "checksum of the source, verified; required for a URL",
-                                 sha256=True)
+    sha256: str | None = checksum_setting(VERDICT_SHA256)
     train_ratio: float = setting(0.9, "share of characters for training, the rest validates", low=0.0, high=1.0,
                                  low_open=True, high_open=True)
 
     def __post_init__(self):
         check_fields(self, "data")
-        if self.source.startswith(("http://", "https://")) and not self.sha256:
-            raise ConfigError(f"data.sha256 is missing; a URL source ({self.source}) needs its sha256 to be "
-                              "verified")
+        check_source_checksum(self, "data")

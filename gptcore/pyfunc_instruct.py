@@ -1,0 +1,31 @@
+"""The fine-tuned instruction model as an MLflow pyfunc, logged "from code" (as gptcore/pyfunc_model.py):
+rows of `instruction` and an optional `input` in, formatted with the template the model was trained on,
+rows of `response` out (greedy, as the pipeline's test responses and `gptcore instruct`).
+
+    mlflow.pyfunc.load_model("models:/gptcore-instruct/1").predict(
+        pd.DataFrame([{"instruction": "Rewrite the sentence in passive voice.", "input": "The cat ate the fish."}]))
+"""
+
+import mlflow
+import pandas as pd
+
+
+class GptcoreInstruct(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        from gptcore.instruct import load_instruct_model
+        from gptcore.runtime import setup_runtime
+        from gptcore.tokenizer import Tokenizer
+
+        self.model, self.template, self.info = load_instruct_model(context.artifacts["model"])
+        self.runtime = setup_runtime("cpu", "fp32")
+        self.tokenizer = Tokenizer()
+
+    def predict(self, context, model_input, params=None):
+        from gptcore.instruct import answer
+
+        rows = model_input.to_dict("records") if isinstance(model_input, pd.DataFrame) else list(model_input)
+        responses = answer(self.model, self.template, self.info, rows, self.tokenizer, self.runtime)
+        return pd.DataFrame({"response": responses})
+
+
+mlflow.models.set_model(GptcoreInstruct())

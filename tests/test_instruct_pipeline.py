@@ -1,0 +1,101 @@
+"""End to end on the tiny preset: the instruction pipeline after the pretraining one, its responses, its DVC
+metrics and MLflow run, the judge (reachable and not) and the served instruction model."""
+
+import json
+import subprocess
+
+import pandas as pd
+import pytest
+
+from conftest import JudgeServer, Server, free_port, http, make_project, mlflow_client, run, store_env
+from gptcore.cli import main
+from gptcore.params import read_yaml, render, validate
+
+pytestmark = pytest.mark.slow
+INSTRUCTION, INPUT = "Rewrite the sentence in passive voice.", "The chef cooks the meal."
+EVALUATE = ["python", "stages/evaluate_instructions.py", "--params", "params.yaml", "--model", "data/instruct/model",
+            "--splits", "data/instruct/splits", "--responses", "data/instruct/responses", "--metrics",
+            "metrics/instruct.json", "--scores", "data/instruct/scores.json"]
+
+
+def set_params(root, **sections):
+    values = validate(read_yaml(root / "params.yaml")).values
+    for section, changes in sections.items():
+        values[section].update(changes)
+    (root / "params.yaml").write_text(render(values))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, shared_dir):
+    root = make_project(tmp_path_factory.mktemp("instruct"))
+    # a context the prompts fit in (the tiny project's 32 would cut them all)
+    set_params(root, model={"context_length": 128}, instruct_train={"max_steps": 12, "eval_freq": 6},
+               instruct={"max_new_tokens": 12})
+    run(["dvc", "repro", "stages/instruct/dvc.yaml"], root)  # builds the pretraining stages it starts from
+    return root
+
+
+def test_the_pipeline_writes_the_books_splits_responses_and_metrics_in_one_tracked_run(project):
+    meta = json.loads((project / "data" / "instruct" / "splits" / "meta.json").read_text())
+    assert meta["entries"] == {"train": 935, "validation": 55, "test": 110}
+    answered = json.loads((project / "data" / "instruct" / "responses" / "responses.json").read_text())
+    assert len(answered) == 110 and set(answered[0]) == {"instruction", "input", "output", "model_response"}
+    markdown = (project / "data" / "instruct" / "responses" / "responses.md").read_text()
+    assert answered[0]["instruction"] in markdown and "**Model:**" in markdown
+    metrics = json.loads((project / "metrics" / "instruct.json").read_text())
+    assert metrics["responses"] == 110 and metrics["test_perplexity"] > 1 and 0 <= metrics["rouge_l"] <= 1
+    assert "judge_score" not in metrics  # off by default
+    header = run(["dvc", "exp", "show", "--csv"], project).splitlines()[0].split(",")
+    assert {"test_perplexity", "rouge_l", "instruct_train.peak_lr", "metrics/instruct_train.json:val_loss"} <= \
+        set(header)
+
+    client = mlflow_client(project)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "gptcore"]
+    (instruct_run,) = client.search_runs([experiment.experiment_id], "tags.task = 'instruction'")
+    assert instruct_run.data.metrics["evaluate/rouge_l"] == metrics["rouge_l"]
+    assert {"eval/train_loss", "eval/val_loss"} <= set(instruct_run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(instruct_run.info.run_id, "evaluation")}
+    assert {"evaluation/responses.json", "evaluation/responses.md", "evaluation/scores.json"} <= artifacts
+
+
+def test_the_judge_scores_the_responses_and_an_unreachable_one_stops_in_one_line(project):
+    with JudgeServer() as server:
+        url = f"{server.url}/v1/chat/completions"
+        set_params(project, judge={"enabled": True, "api": "openai", "url": url})
+        run(EVALUATE, project)
+    metrics = json.loads((project / "metrics" / "instruct.json").read_text())
+    scores = [row["judge_score"] for row in json.loads((project / "data" / "instruct" / "scores.json").read_text())]
+    assert metrics["judge_scored"] == len(scores) == 110 and metrics["judge_model"] == "llama3"
+    assert metrics["judge_score"] == pytest.approx(sum(scores) / 110)  # the server's scores: word counts
+    assert len(server.requests) == 110
+
+    result = subprocess.run(EVALUATE, cwd=project, capture_output=True, text=True)  # the server is gone now
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: the judge at {url} is unreachable " +
+                                                  result.stderr.split("is unreachable ", 1)[1].strip()]
+    assert "set judge.enabled: false (the responses are kept)" in result.stderr
+    assert (project / "data" / "instruct" / "responses" / "responses.json").is_file()
+    set_params(project, judge={"enabled": False})
+
+
+def test_the_registered_instruction_model_serves_what_gptcore_instruct_prints(project, capsys, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(project)
+    capsys.readouterr()
+    assert main(["instruct", INSTRUCTION, "--input", INPUT]) == 0
+    expected = capsys.readouterr().out.rstrip("\n")
+    assert main(["instruct", INSTRUCTION]) == 0
+    without_input = capsys.readouterr().out.rstrip("\n")
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_env(project)["MLFLOW_TRACKING_URI"])
+    loaded = mlflow.pyfunc.load_model("models:/gptcore-instruct/1")
+    predicted = loaded.predict(pd.DataFrame([{"instruction": INSTRUCTION, "input": INPUT}]))["response"].tolist()
+    assert predicted == [expected]
+    port = free_port()
+    serve = ["mlflow", "models", "serve", "-m", "models:/gptcore-instruct/latest", "--env-manager", "local",
+             "-h", "127.0.0.1", "-p", str(port)]
+    with Server(serve, port, project, store_env(project)) as url:
+        answers = http(f"{url}/invocations", {"dataframe_records": [{"instruction": INSTRUCTION, "input": INPUT},
+                                                                    {"instruction": INSTRUCTION}]})["predictions"]
+    assert [row["response"] for row in answers] == [expected, without_input]
