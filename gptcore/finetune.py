@@ -222,12 +222,12 @@ INSTRUCT_SECTIONS = ("instruct", "instruct_train", "instruct_lora", "tracking")
 
 
 def build_instruction_model(params: Params):
-    """The pretrained model, every layer training (the book), or frozen with LoRA adapters drawn after
-    torch.manual_seed(seed) (its exercise 7.4; OpenAI's tied head untied first, as the book's out_head)."""
+    """The pretrained model with its head apart from the token embedding (OpenAI's are tied; the book's
+    GPTModel holds a copy in its out_head), every layer training (the book), or frozen with LoRA adapters
+    drawn after torch.manual_seed(seed) (its exercise 7.4)."""
     model = load_model(params.instruct.init_from, drop_rate=params.instruct.drop_rate)
+    model.untie_embeddings()
     if params.instruct_lora.rank:
-        if "head" in params.instruct_lora.layers:
-            model.untie_embeddings()
         torch.manual_seed(params.instruct_train.seed)
         apply_lora(model, params.instruct_lora, "instruct_lora")
     return model
