@@ -31,7 +31,7 @@ from gptcore.instruct import InstructionTuning, Template, encode_entries, paddin
 from gptcore.lfs import book_model
 from gptcore.machine import cpu_model
 from gptcore.runtime import setup_runtime
-from gptcore.sampling import generate_batched
+from gptcore.sampling import generate_batched, new_token_budget
 from gptcore.settings.instruct import INSTRUCT_TRAIN_DEFAULTS, InstructConfig
 from gptcore.settings.train import TrainConfig
 from gptcore.tokenizer import Tokenizer
@@ -109,7 +109,7 @@ def responses(args, model, entries: list[dict], tokenizer) -> dict:
     template, context = Template.of(InstructConfig()), model.config.context_length
     model.eval()
     prompts = [tokenizer.encode(template.format_prompt(e["instruction"], e["input"])) for e in entries]
-    budgets = [min(256, context - len(p) + 1) for p in prompts]  # the book's generate slides past the context
+    budgets = [new_token_budget(len(p), context, 256) for p in prompts]  # the book's generate slides past it
     book = book_model(model).eval()
     subset = prompts[:args.book_responses]
     started = time.perf_counter()

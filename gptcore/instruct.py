@@ -22,7 +22,7 @@ from .atomic import atomic_write_text
 from .corpus import CorpusError, locate_file, sha256_file
 from .datasets import SplitTooShortError, make_dataloader, to_device
 from .errors import ConfigError, MissingInputError
-from .sampling import generate_batched
+from .sampling import generate_batched, new_token_budget
 from .settings.instruct import InstructConfig, template_parts
 from .tasks import Task
 
@@ -56,7 +56,7 @@ class Template:
     def response_of(self, generated: str) -> str:
         """The response in the text generated after the prompt: its marker removed and the text stripped,
         as the book's `.replace("### Response:", "").strip()`."""
-        return generated.replace(self.response.strip(), "").strip() if self.response.strip() else generated.strip()
+        return generated.replace(self.response.strip(), "").strip()
 
 
 # -- the data -------------------------------------------------------------------------------------------
@@ -289,7 +289,7 @@ def respond(model, template: Template, entries: list[dict], tokenizer, *, max_ne
         new = generate_batched(model, encoded, max_new_tokens, eos_id=tokenizer.eot_id, batch_size=batch_size)
     responses = [template.response_of(tokenizer.decode(ids + tokens)[len(prompt):])
                  for ids, tokens, prompt in zip(encoded, new, prompts)]
-    stopped = sum(len(tokens) < max_new_tokens and len(tokens) == context - len(ids) + 1
+    stopped = sum(len(tokens) == new_token_budget(len(ids), context, max_new_tokens) < max_new_tokens
                   for ids, tokens in zip(encoded, new))
     return responses, {"generated_tokens": sum(len(tokens) for tokens in new), "prompts_cut": cut,
                        "stopped_by_context": stopped}

@@ -125,6 +125,12 @@ def continue_prompts(model: GPT, tokenizer, settings: GenerateConfig, device=Non
     return continued
 
 
+def new_token_budget(prompt_length: int, context_length: int, max_new_tokens: int) -> int:
+    """Tokens a prompt can get without sliding the window: its positions, then one for each token fed
+    back, at most the context (the last new token is read from the context's last position)."""
+    return min(max_new_tokens, context_length - prompt_length + 1)
+
+
 @torch.no_grad()
 def generate_batched(model: GPT, prompts: list[list[int]], max_new_tokens: int, *, eos_id: int | None,
                      batch_size: int = 16, temperature: float = 0.0, top_k: int | None = None,
@@ -150,8 +156,7 @@ def generate_batched(model: GPT, prompts: list[list[int]], max_new_tokens: int, 
     for first in range(0, len(order), batch_size):
         rows = order[first:first + batch_size]
         lengths = [len(prompts[row]) for row in rows]
-        # the prompt's positions, then one for each token fed back: at most the context
-        budgets = [min(max_new_tokens, context - length + 1) for length in lengths]
+        budgets = [new_token_budget(length, context, max_new_tokens) for length in lengths]
         longest = max(lengths)
         ids = torch.zeros(len(rows), longest, dtype=torch.long)
         for slot, row in enumerate(rows):
