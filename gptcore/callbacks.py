@@ -21,7 +21,19 @@ class TrainerCallback:
 
     def on_sample(self, record: dict): ...
 
+    def on_zero_shot(self, record: dict): ...
+
     def on_train_end(self, history: dict): ...
+
+
+# where and when a record was made; its other keys are what was measured
+RECORD_KEYS = ("step", "epoch", "tokens_seen")
+
+
+def measured(record: dict) -> str:
+    """A record's measurements for the console: accuracies in per cent (accuracy, lambada_acc, ...)."""
+    return " | ".join(f"{key.replace('_', ' ')} {value:.2%}" if key.endswith("accuracy") or "_acc" in key else
+                      f"{key.replace('_', ' ')} {value:.3f}" for key, value in record.items() if key not in RECORD_KEYS)
 
 
 class PrintProgress(TrainerCallback):
@@ -47,13 +59,13 @@ class PrintProgress(TrainerCallback):
                     f"{record['train_loss']:.3f} | val loss {record['val_loss']:.3f}")
 
     def on_epoch(self, record: dict):
-        measured = " | ".join(f"{key.replace('_', ' ')} {value:.2%}" if key.endswith("accuracy") else
-                              f"{key.replace('_', ' ')} {value:.3f}" for key, value in record.items()
-                              if key not in ("step", "epoch", "tokens_seen"))
-        self._print(f"epoch {record['epoch'] + 1} | {measured}")
+        self._print(f"epoch {record['epoch'] + 1} | {measured(record)}")
 
     def on_sample(self, record: dict):
         self._print(f"epoch {record['epoch'] + 1} sample: {record['text']}")
+
+    def on_zero_shot(self, record: dict):
+        self._print(f"step {record['step']:6d} | zero-shot | {measured(record)}")
 
     def on_train_end(self, history: dict):
         if self.bar is not None:

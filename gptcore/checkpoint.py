@@ -24,6 +24,8 @@ from .model import GPT, ModelConfig
 
 WEIGHTS, MODEL_CONFIG, STATE, MANIFEST, LATEST = (
     "model.safetensors", "model_config.json", "trainer_state.pt", "manifest.json", "latest")
+# what makes a model folder a classifier's (gptcore.classifier): its labels and how it reads a text
+CLASSIFIER_FILE = "classifier.json"
 
 
 class CheckpointError(GptcoreError):
@@ -56,6 +58,10 @@ def load_model(source, *, drop_rate: float | None = None, n_heads: int | None = 
         return load_lfs(source, n_heads=n_heads, drop_rate=ModelConfig.drop_rate if drop_rate is None else drop_rate)
     from .lora import ADAPTER_CONFIG
 
+    if (source / CLASSIFIER_FILE).is_file():
+        raise ConfigError(f"{source} is a classifier ({CLASSIFIER_FILE}): its head scores classes, not tokens; "
+                          "`gptcore classify` runs it, and a language model (a model folder, an official name) is "
+                          "what this needs")
     if (source / ADAPTER_CONFIG).is_file() and not (source / WEIGHTS).is_file():
         from .lora import adapter_base, load_adapter
 

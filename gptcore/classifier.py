@@ -22,15 +22,13 @@ from torch.utils.data import TensorDataset
 from safetensors.torch import load_model as load_weights
 
 from .atomic import atomic_write_text
-from .checkpoint import MODEL_CONFIG, WEIGHTS
+from .checkpoint import CLASSIFIER_FILE, MODEL_CONFIG, WEIGHTS
 from .datasets import SplitTooShortError, make_dataloader, to_device
 from .errors import ConfigError, MissingInputError
 from .lora import ADAPTER_CONFIG, adapter_base, load_adapter, save_trained
 from .model import GPT, ModelConfig
 from .settings.lora import LoraConfig
 from .tasks import Task
-
-CLASSIFIER_FILE = "classifier.json"
 
 
 @dataclass

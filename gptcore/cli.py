@@ -1,18 +1,26 @@
-"""The `gptcore` command: generate, classify, instruct, bench, export-hf, export-lfs, info."""
+"""The `gptcore` command: generate, classify, instruct, eval, bench, export-hf, export-lfs, info."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
 import sys
 from pathlib import Path
 
 from .errors import GptcoreError
 from .settings import default, doc, rule
+from .settings.evaluate import EvaluateConfig
 from .settings.generate import GenerateConfig
+from .settings.zero_shot import ZeroShotConfig
 
 # the generate section's settings that are also options of `gptcore generate` (its prompt is an argument)
 SAMPLER_OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "device", "weights")
+# the zero_shot and evaluate settings that are options of `gptcore eval` (its --tasks is a comma-separated list)
+ZERO_SHOT_OPTIONS = ("limit", "batch_size", "lambada_source", "lambada_sha256", "hellaswag_source",
+                     "hellaswag_sha256", "hellaswag_context")
+RUNTIME_OPTIONS = ("precision", "device")
 
 
 def load_any(args):
@@ -73,6 +81,36 @@ def cmd_instruct(args) -> None:
     print(response)
 
 
+@contextlib.contextmanager
+def option_names(section: str):
+    """Errors that name `section.some_key` name the option --some-key instead."""
+    try:
+        yield
+    except GptcoreError as error:
+        message = re.sub(rf"\b{section}\.(\w+)", lambda key: "--" + key[1].replace("_", "-"), str(error))
+        raise type(error)(message) from None
+
+
+def cmd_eval(args) -> None:
+    from .atomic import atomic_write_text
+    from .runtime import setup_runtime
+    from .tokenizer import Tokenizer
+    from .zero_shot import evaluate_tasks, format_results, load_tasks, warn_of_cuts
+
+    names = [name.strip() for name in args.tasks.split(",") if name.strip()]
+    with option_names("zero_shot"):
+        config = ZeroShotConfig(tasks=names, **{name: getattr(args, name) for name in ZERO_SHOT_OPTIONS})
+        tasks = load_tasks(names, config, Tokenizer(), config.limit)
+    runtime = setup_runtime(args.device, args.precision)
+    model = load_any(args).to(runtime.device)
+    warn_of_cuts(tasks, model.config.context_length)
+    results = evaluate_tasks(model, tasks, runtime, config.batch_size)
+    print(format_results(results))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
 def cmd_bench(args) -> None:
     from .atomic import atomic_write_text
     from .bench import format_table, run_benchmark
@@ -117,10 +155,10 @@ def add_n_heads(command: argparse.ArgumentParser) -> None:
                               "default: GPT-2's 64-wide heads (width / 64)")
 
 
-def add_sampler_options(command: argparse.ArgumentParser) -> None:
-    """The SAMPLER_OPTIONS as --options, with the defaults and docs of params.yaml's generate section."""
-    for name in SAMPLER_OPTIONS:
-        definition = GenerateConfig.__dataclass_fields__[name]
+def add_setting_options(command: argparse.ArgumentParser, settings, names) -> None:
+    """The settings dataclass's fields `names` as --options, with their params.yaml defaults and docs."""
+    for name in names:
+        definition = settings.__dataclass_fields__[name]
         expected = rule(definition)
         parse = {"int": int, "float": float}.get(expected.kind, str)
         command.add_argument(f"--{name.replace('_', '-')}", default=default(definition),
@@ -137,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt")
     gen.add_argument("--model", default="models", help=MODEL_HELP)
     add_n_heads(gen)
-    add_sampler_options(gen)
+    add_setting_options(gen, GenerateConfig, SAMPLER_OPTIONS)
     gen.add_argument("--no-eos", action="store_true", help="do not stop at <|endoftext|>")
     gen.set_defaults(func=cmd_generate)
 
@@ -157,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     instruct.add_argument("--max-new-tokens", type=int, default=None,
                           help="at most this many tokens (default: instruct.max_new_tokens it was trained with)")
     instruct.set_defaults(func=cmd_instruct)
+
+    evaluation = commands.add_parser("eval", help="zero-shot benchmarks (LAMBADA, HellaSwag) of a model, as "
+                                                  "lm-evaluation-harness scores them: a table of their metrics")
+    evaluation.add_argument("--tasks", default="lambada", help="comma-separated: lambada, hellaswag "
+                                                               "(default: %(default)s)")
+    evaluation.add_argument("--model", default="models", help=MODEL_HELP)
+    add_n_heads(evaluation)
+    add_setting_options(evaluation, ZeroShotConfig, ZERO_SHOT_OPTIONS)
+    add_setting_options(evaluation, EvaluateConfig, RUNTIME_OPTIONS)
+    evaluation.add_argument("--json", default=None, help="also write each task's result to this file")
+    evaluation.set_defaults(func=cmd_eval)
 
     bench = commands.add_parser("bench", help="benchmark gptcore against Hugging Face GPT-2 on this machine")
     bench.add_argument("--context", type=int, nargs="+", default=[256, 1024])

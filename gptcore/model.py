@@ -238,8 +238,8 @@ class GPT(nn.Module):
             else self.sinusoidal_pos[positions]
         return self.transformer.drop(self.transformer.wte(idx) + pos_emb)
 
-    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, last_token_only=False):
-        """idx (B, T) token ids -> logits (B, T, vocab) or (B, 1, vocab); loss when targets (B, T) given.
+    def hidden_states(self, idx, kv_cache: KVCache | None = None):
+        """idx (B, T) token ids -> the final LayerNorm's output (B, T, emb_dim), what the output head reads.
 
         With kv_cache, idx holds only the new tokens: they take positions kv_cache.length onwards.
         """
@@ -250,7 +250,12 @@ class GPT(nn.Module):
             x = block(x, kv_cache.buffer[i] if kv_cache is not None else None, start, mask)
         if kv_cache is not None:
             kv_cache.length += idx.shape[1]
-        x = self.transformer.ln_f(x)
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, last_token_only=False):
+        """idx (B, T) token ids -> logits (B, T, vocab) or (B, 1, vocab); loss when targets (B, T) given
+        (kv_cache: as hidden_states)."""
+        x = self.hidden_states(idx, kv_cache)
         if last_token_only:
             x = x[:, -1:, :]
         # cuBLAS takes its tensor-core kernels only when a row of the output is 16-byte aligned; GPT-2's

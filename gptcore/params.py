@@ -29,14 +29,15 @@ from .settings.lora import LoraConfig
 from .settings.model import ModelConfig, ModelSource
 from .settings.tracking import TrackingConfig
 from .settings.train import TrainConfig
+from .settings.zero_shot import ZeroShotConfig
 
 # section -> its dataclasses; the model section is ModelSource's fields, then ModelConfig's as overrides
 # of the preset (null: the preset's value)
 SECTIONS = {"data": (DataConfig,), "model": (ModelSource, ModelConfig), "train": (TrainConfig,),
-            "lora": (LoraConfig,), "evaluate": (EvaluateConfig,), "generate": (GenerateConfig,),
-            "tracking": (TrackingConfig,), "classify": (ClassifyConfig,), "classify_train": (TrainConfig,),
-            "classify_lora": (LoraConfig,), "instruct": (InstructConfig,), "instruct_train": (TrainConfig,),
-            "instruct_lora": (LoraConfig,), "judge": (JudgeConfig,)}
+            "lora": (LoraConfig,), "evaluate": (EvaluateConfig,), "zero_shot": (ZeroShotConfig,),
+            "generate": (GenerateConfig,), "tracking": (TrackingConfig,), "classify": (ClassifyConfig,),
+            "classify_train": (TrainConfig,), "classify_lora": (LoraConfig,), "instruct": (InstructConfig,),
+            "instruct_train": (TrainConfig,), "instruct_lora": (LoraConfig,), "judge": (JudgeConfig,)}
 # a section that reuses another's dataclass: (that section, the title of this one, its own defaults)
 REUSED = {"classify_train": ("train", "the classifier's fine-tuning: the training loop's settings, the book's "
                                       "chapter 6 by default", CLASSIFY_TRAIN_DEFAULTS),
@@ -94,6 +95,7 @@ class Params:
     model_config: ModelConfig
     train: TrainConfig
     evaluate: EvaluateConfig
+    zero_shot: ZeroShotConfig
     generate: GenerateConfig
     tracking: TrackingConfig
     lora: LoraConfig
@@ -191,9 +193,9 @@ def render(values: dict) -> str:
     """params.yaml holding `values` (every section and key, in definition order), documented."""
     lines = [HEADER.rstrip("\n")]
     for section in SECTIONS:
-        module_doc = sys.modules[SECTIONS[section][-1].__module__].__doc__.strip().splitlines()[0]
-        title = REUSED[section][1] if section in REUSED else module_doc.split(': ', 1)[1].rstrip('.')
-        lines += ["", f"# {title}", f"{section}:"]
+        summary = " ".join(sys.modules[SECTIONS[section][-1].__module__].__doc__.strip().split("\n\n")[0].split())
+        title = REUSED[section][1] if section in REUSED else summary.split(': ', 1)[1].rstrip('.')
+        lines += ["", *textwrap.wrap(title, LINE_WIDTH, initial_indent="# ", subsequent_indent="# "), f"{section}:"]
         if section == "model":
             lines.append("  # the keys from vocab_size on override the preset; null keeps the preset's value")
         for name, definition in section_fields(section).items():

@@ -32,8 +32,10 @@ from .sampling import continue_prompts
 from .token_files import load_tokens
 from .tokenizer import Tokenizer
 from .tracking import RUN_FILE, Tracker, TrackingCallback, repo_root
+from .settings.zero_shot import TRAINING_KEYS
 from .tasks import LanguageModeling
 from .trainer import Trainer
+from .zero_shot import SPEED, ZeroShotProbe, evaluate_tasks, flat_metrics, load_tasks, warn_of_cuts
 
 
 def checkpoint_folder(params: Params, tokens_dir: Path) -> Path:
@@ -52,7 +54,8 @@ def start_or_resume_run(params: Params, checkpoint_dir: Path, tokens_dir: Path) 
         return Tracker.attach(params.tracking, checkpoint_dir, {}, "train")
     tracker = Tracker.start(params.tracking, name=f"{params.model.preset}-{time.strftime('%Y%m%d-%H%M%S')}",
                             tags={"model_preset": params.model.preset},
-                            params={k: params.values[k] for k in ("data", "model", "train", "lora", "tracking")})
+                            params={**{k: params.values[k] for k in ("data", "model", "train", "lora", "tracking")},
+                                    "zero_shot": {k: params.values["zero_shot"][k] for k in TRAINING_KEYS}})
     meta = json.loads((tokens_dir / "meta.json").read_text())
     splits = meta["splits"]
     digest = hashlib.sha256("".join(splits[split]["sha256"] for split in ("train", "val")).encode()).hexdigest()
@@ -63,11 +66,12 @@ def start_or_resume_run(params: Params, checkpoint_dir: Path, tokens_dir: Path) 
     return tracker
 
 
-def stage_run(params: Params, model_dir: Path, section: str) -> Tracker | None:
-    """The MLflow run of the model in model_dir, to which a stage adds its params section (None if off)."""
+def stage_run(params: Params, model_dir: Path, section: str, *more: str) -> Tracker | None:
+    """The MLflow run of the model in model_dir, to which a stage adds its params sections (None if off)."""
     if not params.tracking.enabled:
         return None
-    return Tracker.attach(params.tracking, model_dir, {section: params.values[section]}, section)
+    return Tracker.attach(params.tracking, model_dir, {name: params.values[name] for name in (section, *more)},
+                          section)
 
 
 def train(params: Params, *, tokens_dir: Path, model_dir: Path, metrics_file: Path, speed_file: Path,
@@ -78,6 +82,11 @@ def train(params: Params, *, tokens_dir: Path, model_dir: Path, metrics_file: Pa
     with distributed.process_group(params.train.device):
         ranks = distributed.current()
         checkpoint_dir = checkpoint_folder(params, tokens_dir)
+        # the benchmarks' data is read and checked before any compute
+        probe = ZeroShotProbe(params.zero_shot, Tokenizer(), params.model_config.context_length) \
+            if params.zero_shot.train_tasks else None
+        if probe and ranks.is_main:
+            warn_of_cuts(probe.tasks, probe.context_length)
         torch.manual_seed(params.train.seed)
         model = initialize_model(params.model_config, params.model.init_from)
         if params.lora.rank:  # the book's appendix E on the language model: only the adapters train
@@ -85,7 +94,7 @@ def train(params: Params, *, tokens_dir: Path, model_dir: Path, metrics_file: Pa
         tracker = start_or_resume_run(params, checkpoint_dir, tokens_dir) \
             if params.tracking.enabled and ranks.is_main else None
         callbacks = [PrintProgress()] + ([TrackingCallback(tracker, params.tracking.log_every)] if tracker else [])
-        task = LanguageModeling(load_tokens(tokens_dir / "train.bin"), load_tokens(tokens_dir / "val.bin"))
+        task = LanguageModeling(load_tokens(tokens_dir / "train.bin"), load_tokens(tokens_dir / "val.bin"), probe)
         trainer = Trainer(model, params.train, task, tokenizer=Tokenizer(), checkpoint_dir=checkpoint_dir,
                           callbacks=callbacks)
         if tracker:  # what the numbers were made on, known from the start of the run
@@ -122,23 +131,30 @@ def train(params: Params, *, tokens_dir: Path, model_dir: Path, metrics_file: Pa
     return metrics | speed
 
 
-def evaluate(params: Params, *, model_dir: Path, tokens_dir: Path, metrics_file: Path, speed_file: Path) -> dict:
-    """Loss and perplexity of the trained model on every window of both splits -> metrics_file (and the
-    evaluation's tokens/s -> speed_file); logged as evaluate/* at the training run's last step."""
-    tracker = stage_run(params, model_dir, "evaluate")
-    settings = params.evaluate
+def evaluate(params: Params, *, model_dir: Path, tokens_dir: Path, metrics_file: Path,
+             speed_file: Path) -> tuple[dict, dict]:
+    """Loss and perplexity of the trained model on every window of both splits and the zero-shot tasks of
+    zero_shot.tasks -> metrics_file (and the evaluation's speed -> speed_file); logged as evaluate/* at the
+    training run's last step. Returns the metrics and speed, and each zero-shot task's result."""
+    settings, zero_shot = params.evaluate, params.zero_shot
+    tasks = load_tasks(zero_shot.tasks, zero_shot, Tokenizer(), zero_shot.limit)
+    tracker = stage_run(params, model_dir, "evaluate", "zero_shot")
     runtime = setup_runtime(settings.device, settings.precision)
     model = load_model(model_dir).to(runtime.device)
+    warn_of_cuts(tasks, model.config.context_length)
     measured = evaluate_splits(model, tokens_dir, batch_size=settings.batch_size,
                                max_batches=settings.max_batches, runtime=runtime)
     speed = {"tokens_per_second": measured.pop("tokens_per_second")}
+    results = evaluate_tasks(model, tasks, runtime, zero_shot.batch_size)
+    measured |= flat_metrics(results)
+    speed |= flat_metrics(results, SPEED)
     metrics = measured | {"runtime": runtime.describe()}
     atomic_write_text(metrics_file, json.dumps(metrics, indent=2) + "\n")
     atomic_write_text(speed_file, json.dumps(speed, indent=2) + "\n")
     if tracker:
         tracker.log_metrics({f"evaluate/{k}": v for k, v in (measured | speed).items()}, tracker.last_step)
         tracker.finish()
-    return metrics | speed
+    return metrics | speed, results
 
 
 def sample_name(index: int, prompt: str) -> str:

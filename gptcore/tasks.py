@@ -18,6 +18,7 @@ class Task:
     """The interface: `bind` builds the loaders for a run; the rest is called by the Trainer."""
     train_loader = None  # a DataLoader over an EpochSampler (exact epochs, exact resume)
     draws_at_random = False  # True: batches come from random_batch, and there are no epochs
+    zero_shot = None  # a gptcore.zero_shot.ZeroShotProbe: benchmarks the Trainer runs every probe.every steps
 
     def bind(self, model, config, runtime, ranks, pin_memory: bool) -> None:
         raise NotImplementedError
@@ -41,10 +42,11 @@ class Task:
 
 class LanguageModeling(Task):
     """Next-token prediction on windows of a token stream: the book's sliding windows or nanoGPT's random
-    ones (train.windows); evaluation is the loss of the first eval_iter batches of each split."""
+    ones (train.windows); evaluation is the loss of the first eval_iter batches of each split, and the zero-shot
+    probe's benchmarks when one is given."""
 
-    def __init__(self, train_tokens: np.ndarray, val_tokens: np.ndarray):
-        self.train_tokens, self.val_tokens = train_tokens, val_tokens
+    def __init__(self, train_tokens: np.ndarray, val_tokens: np.ndarray, zero_shot=None):
+        self.train_tokens, self.val_tokens, self.zero_shot = train_tokens, val_tokens, zero_shot
 
     def bind(self, model, config, runtime, ranks, pin_memory: bool) -> None:
         context = model.config.context_length

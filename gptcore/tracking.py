@@ -19,7 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .callbacks import TrainerCallback
+from .callbacks import RECORD_KEYS, TrainerCallback
 from .plots import CURVES
 from .settings import rule
 from .settings.generate import GenerateConfig
@@ -313,8 +313,15 @@ class TrackingCallback(TrainerCallback):
         self.flush()
 
     def on_epoch(self, record: dict):
-        self.pending += as_metrics({f"eval/{key}": value for key, value in record.items()
-                                    if key not in ("step", "epoch", "tokens_seen")}, record["step"])
+        self.log_measured("eval", record)
+
+    def on_zero_shot(self, record: dict):
+        self.log_measured("zero_shot", record)
+
+    def log_measured(self, prefix: str, record: dict):
+        """A record's measurements as <prefix>/<key> at its step, sent now."""
+        self.pending += as_metrics({f"{prefix}/{key}": value for key, value in record.items()
+                                    if key not in RECORD_KEYS}, record["step"])
         self.flush()
 
     def on_sample(self, record: dict):

@@ -2,8 +2,8 @@
 
 `train_step` is one optimizer step; `Trainer.fit` is the book's train_model around it: evaluate every
 eval_freq steps, sample at each epoch end, checkpoint, stop cleanly on SIGTERM. It serves every task:
-the task (gptcore.tasks) gives the batches, the module whose forward returns the loss and what evaluation
-measures. Everything it reports goes to callbacks (gptcore.callbacks). Under torchrun the same loop runs
+the task (gptcore.tasks) gives the batches, the module whose forward returns the loss, what evaluation
+measures and the zero-shot benchmarks run every so many steps, if any. Everything it reports goes to callbacks (gptcore.callbacks). Under torchrun the same loop runs
 DDP: each process trains on its shard of every global batch, losses are averaged over the processes,
 and only rank 0 calls the callbacks and writes checkpoints.
 """
@@ -127,7 +127,7 @@ class Trainer:
             self.training_model = DistributedDataParallel(self.training_model, device_ids=device_ids)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.step = self.epoch = self.batches_in_epoch = self.tokens_seen = 0
-        self.history = {"steps": [], "evals": [], "epochs": [], "samples": []}
+        self.history = {"steps": [], "evals": [], "epochs": [], "samples": [], "zero_shot": []}
         self.stop_signal = None
         self._epoch_batches = None
 
@@ -164,6 +164,10 @@ class Trainer:
             if self.step >= config.eval_offset and (self.step - config.eval_offset) % config.eval_freq == 0 \
                     or self.step == self.total_steps:
                 self._evaluate()
+            probe = self.task.zero_shot
+            if probe and (self.step % probe.every == 0 or self.step == self.total_steps):
+                self._report("on_zero_shot", {"step": self.step, "tokens_seen": self.tokens_seen,
+                                              **probe(self.model, self.runtime)})
             if not self.task.draws_at_random and \
                     self.batches_in_epoch >= self.steps_per_epoch * config.grad_accum_steps:
                 self._end_epoch()
@@ -181,8 +185,8 @@ class Trainer:
         return config.max_grad_norm if clipping else float("inf")
 
     def _report(self, event: str, record: dict):
-        self.history[{"on_step": "steps", "on_eval": "evals", "on_epoch": "epochs", "on_sample": "samples"}[event]] \
-            .append(record)
+        self.history[{"on_step": "steps", "on_eval": "evals", "on_epoch": "epochs", "on_sample": "samples",
+                      "on_zero_shot": "zero_shot"}[event]].append(record)
         for callback in self.callbacks:
             getattr(callback, event)(record)
 
@@ -245,7 +249,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.batches_in_epoch, self.tokens_seen = state["batches_in_epoch"], state["tokens_seen"]
-        self.history = {"epochs": [], **state["history"]}
+        self.history = {"epochs": [], "zero_shot": [], **state["history"]}
         if len(state["rng"]) != self.ranks.world_size:
             raise CheckpointError(f"checkpoint {folder} was written by {len(state['rng'])} process(es), this run "
                                   f"has {self.ranks.world_size}; run with {len(state['rng'])} (train.nproc) or "

@@ -1,13 +1,17 @@
-"""Stage evaluate: <models> + <tokens> -> <metrics> (eval.json: loss and perplexity of each split), <speed>."""
+"""Stage evaluate: <models> + <tokens> -> <metrics> (eval.json: loss and perplexity of each split, the zero-shot
+tasks' metrics), <speed>."""
 
 from gptcore import pipeline
 from gptcore.stage import run_stage, stage_arguments
+from gptcore.zero_shot import format_results
 
 
 def main() -> None:
     args, params = stage_arguments(__doc__, "models", "tokens", "metrics", "speed")
-    metrics = pipeline.evaluate(params, model_dir=args.models, tokens_dir=args.tokens, metrics_file=args.metrics,
-                                speed_file=args.speed)
+    metrics, zero_shot = pipeline.evaluate(params, model_dir=args.models, tokens_dir=args.tokens,
+                                           metrics_file=args.metrics, speed_file=args.speed)
+    if zero_shot:
+        print(format_results(zero_shot))
     print(f"train loss {metrics['train_loss']:.3f} (perplexity {metrics['train_perplexity']:.1f}), validation "
           f"loss {metrics['val_loss']:.3f} (perplexity {metrics['val_perplexity']:.1f})")
 

@@ -137,6 +137,24 @@ def test_fine_tunes_from_a_locally_saved_hugging_face_folder(project, tmp_path):
         params_file.write_text(original)
 
 
+def test_zero_shot_tasks_are_evaluated_without_training_again(project):
+    """Choosing the evaluate stage's tasks reruns that stage only; their metrics reach eval.json, dvc exp show
+    and MLflow."""
+    out = run(["dvc", "exp", "run", "-n", "lambada-20", "-S", "zero_shot.tasks=[lambada]", "-S",
+               "zero_shot.limit=20"], project)
+    assert "Running stage 'evaluate'" in out and "Running stage 'train'" not in out
+    metrics = json.loads((project / "metrics" / "eval.json").read_text())
+    assert metrics["lambada_examples"] == 20 and 0 <= metrics["lambada_acc"] <= 1 < metrics["lambada_perplexity"]
+    assert metrics["lambada_cut"] == 20  # the tiny project's 32-token context is shorter than every passage
+    assert "lambada_perplexity" in run(["dvc", "exp", "show", "--json"], project)
+    speed = json.loads((project / "metrics" / "eval_speed.json").read_text())
+    assert speed["lambada_tokens_per_second"] > 0
+    client = mlflow_client(project)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "gptcore"]
+    logged = [r.data.metrics.get("evaluate/lambada_perplexity") for r in client.search_runs([experiment.experiment_id])]
+    assert metrics["lambada_perplexity"] in logged
+
+
 def test_experiment_is_listed_by_dvc_and_named_in_mlflow(project):
     run(["dvc", "exp", "run", "-n", "lr-1e-3", "-S", "train.peak_lr=1e-3"], project)
     table = json.loads(run(["dvc", "exp", "show", "--json"], project))

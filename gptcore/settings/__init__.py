@@ -120,11 +120,12 @@ def checksum_setting(default: str | None, of: str = "the source") -> Field:
     return setting(default, f"checksum of {of}, verified; required for a URL", sha256=True)
 
 
-def check_source_checksum(instance, section: str) -> None:
+def check_source_checksum(instance, section: str, source: str = "source", sha256: str = "sha256") -> None:
     """A URL source needs its sha256: what is downloaded is verified before it is used."""
-    if instance.source.startswith(("http://", "https://")) and not instance.sha256:
-        raise ConfigError(f"{section}.sha256 is missing; a URL source ({instance.source}) needs its sha256 to be "
-                          "verified")
+    url = getattr(instance, source)
+    if url.startswith(("http://", "https://")) and not getattr(instance, sha256):
+        raise ConfigError(f"{section}.{sha256} is missing; a URL source ({url}) needs its sha256 to be verified "
+                          f"(sha256sum of a download of it), or set {section}.{source} to a local file")
 
 
 def check_split_ratios(instance, section: str, first: str, second: str, rest: str) -> None:
