@@ -29,10 +29,10 @@ from .inference import prepare_for_inference, resolve_weights
 from .lora import apply_lora, save_trained
 from .runtime import setup_runtime
 from .sampling import continue_prompts
+from .settings.zero_shot import TRAINING_KEYS
 from .token_files import load_tokens
 from .tokenizer import Tokenizer
 from .tracking import RUN_FILE, Tracker, TrackingCallback, repo_root
-from .settings.zero_shot import TRAINING_KEYS
 from .tasks import LanguageModeling
 from .trainer import Trainer
 from .zero_shot import SPEED, ZeroShotProbe, evaluate_tasks, flat_metrics, load_tasks, warn_of_cuts
