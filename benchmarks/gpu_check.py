@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptcore.bench import flops_per_token, format_table, matmul_peak, nanogpt_twin, run_benchmark
+from gptcore.bench import (MAX_ROUNDS, MIN_ROUNDS, flops_per_token, format_table, matmul_peak, nanogpt_twin,
+                           run_benchmark)
 from gptcore.callbacks import TrainerCallback
 from gptcore.datasets import RandomWindows
 from gptcore.model import GPT, ModelConfig
@@ -184,10 +185,10 @@ def loop_throughput(model, config: ModelConfig, device: str, compile_model: bool
 
 
 def side_by_side(device: str, nanogpt: Path | None, *, preset: str = "gpt2-small", context: int = 1024,
-                 rounds: int = 3, precisions=("fp32", "bf16")) -> dict:
+                 rounds: int = MIN_ROUNDS, max_rounds: int = MAX_ROUNDS, precisions=("fp32", "bf16")) -> dict:
     """`gptcore bench`'s side-by-side rows on this device, without MLflow (a bare GPU machine has none)."""
-    return run_benchmark((context,), rounds=rounds, device_name=device, tokenize_mb=0, precisions=precisions,
-                         preset=preset, nanogpt=nanogpt, tracking=False)
+    return run_benchmark((context,), rounds=rounds, max_rounds=max_rounds, device_name=device, tokenize_mb=0,
+                         precisions=precisions, preset=preset, nanogpt=nanogpt, tracking=False)
 
 
 def main() -> int:
@@ -208,8 +209,9 @@ def main() -> int:
     device = "cuda"
     result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda}
     print(f"{result['gpu']}, torch {result['torch']}, CUDA {result['cuda']}", flush=True)
-    result["bf16_matmul_tflops"] = peak = matmul_peak(torch.bfloat16, torch.device(device), rounds=10) / 1e12
-    print(f"bf16 matmul 8192^3: {peak:.0f} TFLOP/s", flush=True)
+    fastest = matmul_peak(torch.bfloat16, torch.device(device))
+    result["bf16_matmul_tflops"] = peak = fastest["flops"] / 1e12
+    print(f"bf16 matmul peak ({fastest['shape']}): {peak:.0f} TFLOP/s", flush=True)
     checks = [("precisions", lambda: check_precisions(device)), ("kv_cache", lambda: check_kv_cache(device)),
               ("resume_fp32", lambda: check_resume(device, "fp32")),
               ("resume_bf16", lambda: check_resume(device, "bf16"))]

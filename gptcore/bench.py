@@ -1,8 +1,11 @@
 """The benchmark: gptcore side by side with Hugging Face's GPT2LMHeadModel on this machine, in one run.
 
 Variants are interleaved (each timed round runs every variant once) so that noise from a shared
-machine hits all alike; each number is the median of the timed rounds after a warm-up round.
-Results are ratios measured together, never absolute times from different runs.
+machine hits all alike. After a warm-up round, rounds are added until one more round moves no ratio
+by more than SETTLED_WITHIN (at least MIN_ROUNDS, at most MAX_ROUNDS); a ratio is the median over rounds
+of the paired per-round ratio, given with its minimum and maximum, and every round is kept. Results are
+ratios measured together, never absolute times from different runs. MFU divides by the fastest matmul
+measured here, over square sizes and the model's own GEMM shapes; one above 100 % is refused.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import math
 import os
 import resource
 import statistics
@@ -40,32 +44,100 @@ def timed(fn, device) -> float:
     return time.perf_counter() - started
 
 
-def interleaved(variants: dict, rounds: int, device) -> dict:
-    """Median seconds per variant: one warm-up round, then `rounds` rounds of every variant in turn."""
-    times = {name: [] for name in variants}
-    for round_index in range(rounds + 1):
+# rounds are added until one more round moves no ratio by more than this share ...
+SETTLED_WITHIN = 0.02
+# ... after at least this many timed rounds, and at most this many
+MIN_ROUNDS, MAX_ROUNDS = 3, 10
+
+
+def paired_ratios(seconds: dict, pairs, rounds: int | None = None) -> dict:
+    """Per pair (peer, base): the per-round ratios peer seconds / base seconds over the first `rounds` rounds
+    (all by default): how many times faster the base ran in each round."""
+    return {pair: [peer / base for peer, base in zip(seconds[pair[0]][:rounds], seconds[pair[1]][:rounds])]
+            for pair in pairs}
+
+
+def last_round_moved(seconds: dict, pairs) -> float:
+    """The largest relative change the last round made to a pair's median ratio: 0 without pairs, infinite
+    with one round (nothing says yet how much a round moves them)."""
+    rounds = len(next(iter(seconds.values())))
+    if not pairs:
+        return 0.0
+    if rounds < 2:
+        return math.inf
+    before, after = paired_ratios(seconds, pairs, rounds - 1), paired_ratios(seconds, pairs)
+    return max(abs(statistics.median(after[pair]) / statistics.median(before[pair]) - 1) for pair in pairs)
+
+
+def interleaved(variants: dict, device, *, pairs=(), min_rounds: int = MIN_ROUNDS, max_rounds: int = MAX_ROUNDS,
+                within: float = SETTLED_WITHIN, timer=timed) -> dict:
+    """Every variant in turn per round, a warm-up round first (not kept), then at least min_rounds rounds and
+    more until the last one moved no pair's median ratio by more than `within` (at most max_rounds).
+
+    Returns the seconds of every round per variant, the rounds run, how far the last round moved a ratio and
+    whether that is within the bound."""
+    seconds = {name: [] for name in variants}
+    for round_index in range(max_rounds + 1):
         for name, fn in variants.items():
-            seconds = timed(fn, device)
+            taken = timer(fn, device)
             if round_index:
-                times[name].append(seconds)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-def matmul_peak(dtype, device, max_size=8192, rounds=5) -> float:
-    """FLOP/s of a square matmul: the machine's practical peak for this dtype, measured here.
-
-    The size doubles from 256 until one product takes 50 ms (or max_size), so an emulated dtype
-    (bf16 on AVX2 CPUs: ~100x slower) is measured without minutes of waiting.
-    """
-    size = 256
-    while True:
-        a = torch.randn(size, size, device=device, dtype=dtype)
-        b = torch.randn(size, size, device=device, dtype=dtype)
-        if size >= max_size or timed(lambda: a @ b, device) > 0.05:
+                seconds[name].append(taken)
+        if round_index >= min_rounds and last_round_moved(seconds, pairs) <= within:
             break
-        size *= 2
-    seconds = interleaved({"mm": lambda: a @ b}, rounds, device)["mm"]
-    return 2 * size ** 3 / seconds
+    moved = last_round_moved(seconds, pairs)
+    return {"seconds": seconds, "rounds": len(next(iter(seconds.values()))),
+            "moved": moved if math.isfinite(moved) else None, "settled": moved <= within, "within": within}
+
+
+def spread(values) -> dict:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def model_gemm_shapes(config: ModelConfig, tokens: int) -> list[tuple[int, int, int]]:
+    """The (m, k, n) products of a training step of the model on `tokens` tokens: the fused query/key/value,
+    the attention output, the two MLP layers and the output head (the backward pass multiplies their
+    transposes)."""
+    width = config.emb_dim
+    return [(tokens, width, 3 * width), (tokens, width, width), (tokens, width, 4 * width),
+            (tokens, 4 * width, width), (tokens, width, config.vocab_size)]
+
+
+def measured_rate(m: int, k: int, n: int, dtype, device, rounds: int = 5) -> tuple[float, float]:
+    """(FLOP/s of the product (m, k) @ (k, n), the seconds of one) here: the median of rounds after a warm-up."""
+    a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
+    times = [timed(lambda: a @ b, device) for _ in range(rounds + 1)][1:]
+    seconds = statistics.median(times)
+    return 2 * m * k * n / seconds, seconds
+
+
+def matmul_peak(dtype, device, model_shapes=(), *, rate_of=measured_rate, max_size: int = 8192,
+                slow_seconds: float = 1.0) -> dict:
+    """The practical matmul rate of this dtype here: the fastest of square products, doubling from 256 while
+    the rate still rises (by 5 %), and of the model's own GEMM shapes. A product slower than slow_seconds
+    ends the squares, so an emulated dtype (bf16 on AVX2 CPUs: ~100x slower) takes no minutes.
+
+    Returns the peak's FLOP/s, the shape that reached it and every rate measured (by "m x k x n")."""
+    rates, size, previous = {}, 256, 0.0
+    while size <= max_size:
+        rate, seconds = rate_of(size, size, size, dtype, device)
+        rates[f"{size}x{size}x{size}"] = rate
+        if rate < previous * 1.05 or seconds > slow_seconds:
+            break
+        previous, size = rate, size * 2
+    for m, k, n in model_shapes:
+        rates[f"{m}x{k}x{n}"] = rate_of(m, k, n, dtype, device)[0]
+    shape = max(rates, key=rates.get)
+    return {"flops": rates[shape], "shape": shape, "rates": rates}
+
+
+def model_flops_utilization(achieved: float, peak: float) -> tuple[float | None, str | None]:
+    """(MFU, None), or (None, why) where the step sustained more than the peak: a denominator the workload
+    beats is not a peak, so no MFU above 100 % is given."""
+    if achieved > peak:
+        return None, (f"the step sustained {achieved / 1e9:.0f} GFLOP/s, above the fastest matmul measured "
+                      f"({peak / 1e9:.0f} GFLOP/s): the peak missed a faster shape or the machine sped up, so "
+                      "no MFU is given")
+    return achieved / peak, None
 
 
 def flops_per_token(config: ModelConfig, n_params: int) -> float:
@@ -109,18 +181,23 @@ def book_twin(config: ModelConfig):
                      "drop_rate": config.drop_rate, "qkv_bias": config.qkv_bias})
 
 
-def nanogpt_twin(folder: Path, config: ModelConfig):
-    """nanoGPT's GPT from the model.py of a nanoGPT checkout, configured as its train.py trains GPT-2 from
-    scratch (train.py's defaults: no biases in the Linear and LayerNorm layers, the vocabulary padded to
-    50,304, dropout 0)."""
+NANOGPT_LAYOUTS = ("train.py", "gpt2")
+
+
+def nanogpt_twin(folder: Path, config: ModelConfig, layout: str = "train.py"):
+    """nanoGPT's GPT from the model.py of a nanoGPT checkout (dropout 0, its head tied to the embedding), in
+    one of two layouts: "train.py", as its train.py trains GPT-2 from scratch (no biases in the Linear and
+    LayerNorm layers, the vocabulary padded to 50,304 rows), or "gpt2", GPT-2's own (biases, config's rows)."""
     source = Path(folder) / "model.py"
     if not source.is_file():
         raise ConfigError(f"--nanogpt {folder}: no model.py there; give the folder of a nanoGPT checkout")
     spec = importlib.util.spec_from_file_location("nanogpt_model", source)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.GPT(module.GPTConfig(block_size=config.context_length, vocab_size=50304, n_layer=config.n_layers,
-                                       n_head=config.n_heads, n_embd=config.emb_dim, dropout=0.0, bias=False))
+    as_gpt2 = layout == "gpt2"
+    return module.GPT(module.GPTConfig(block_size=config.context_length,
+                                       vocab_size=config.vocab_size if as_gpt2 else 50304, n_layer=config.n_layers,
+                                       n_head=config.n_heads, n_embd=config.emb_dim, dropout=0.0, bias=as_gpt2))
 
 
 class TrainStep:
@@ -157,53 +234,91 @@ def greedy(model, prompt, new_tokens, hf: bool):
     return run
 
 
-def bench_model(preset: str, context: int, *, precisions, batch_size: int, rounds: int, runtime: Runtime,
-                peaks: dict, rows: list, nanogpt: Path | None = None):
-    """Training steps and evaluation passes of gptcore, HF and, where available, the book's model and
-    nanoGPT's, all with the same config, batch and fused AdamW."""
+# each peer, the gptcore variant of the same layout it is timed against, and how it is laid out
+PEERS = {"hf": ("gptcore", "HF GPT2LMHeadModel"),
+         "nanogpt gpt2": ("gptcore", "nanoGPT, GPT-2's layout (biases, 50,257 rows)"),
+         "nanogpt": ("gptcore", "nanoGPT as its train.py (no biases, 50,304 rows)"),
+         "book": ("gptcore untied", "the book's GPTModel (untied head)")}
+LABELS = {"gptcore": "gptcore (GPT-2's layout: biases, tied head)", "gptcore untied": "gptcore, untied head",
+          **{name: label for name, (_, label) in PEERS.items()}}
+
+
+def timed_rows(measure: str, timing: dict, tokens: int, base: dict, **columns) -> list[dict]:
+    """One row per variant of an interleaved timing: tokens/s (median, min, max over rounds), every round's
+    seconds, and for a peer the ratio of its seconds to its base's, round by round (min, median, max)."""
+    rows = []
+    for name, seconds in timing["seconds"].items():
+        row = {"measure": measure, "impl": name, **columns, "tokens_per_s": tokens / statistics.median(seconds),
+               "tokens_per_s_min": tokens / max(seconds), "tokens_per_s_max": tokens / min(seconds),
+               "seconds": seconds, "rounds": timing["rounds"], "moved": timing["moved"],
+               "settled": timing["settled"]}
+        if name in base:
+            row["against"] = base[name]
+            row["speedup"] = spread(paired_ratios(timing["seconds"], [(name, base[name])])[(name, base[name])])
+        rows.append(row)
+    return rows
+
+
+def bench_model(preset: str, context: int, *, precisions, batch_size: int, rounds: dict, runtime: Runtime,
+                square_peaks: dict, rows: list, nanogpt: Path | None = None):
+    """Training steps and evaluation passes of gptcore (in GPT-2's layout), HF and, where available, nanoGPT's
+    GPT in that layout and in its train.py's, and the book's model beside gptcore with an untied head: the
+    same config, batch and fused AdamW. MFU against the fastest matmul of the squares and this step's shapes."""
     torch.manual_seed(0)
-    config = ModelConfig.from_preset(preset, context_length=context, drop_rate=0.0)
+    config = ModelConfig.from_preset(preset, context_length=context, drop_rate=0.0, qkv_bias=True)
     device = runtime.device
     model = GPT(config).to(device)
     twin = hf_twin(model)
     implementations = {"gptcore": (model, gptcore_loss), "hf": (twin, hf_loss)}
-    if (book := book_twin(config)) is not None:
-        implementations["book"] = (book.to(device), book_loss)
     if nanogpt is not None:
-        implementations["nanogpt"] = (nanogpt_twin(nanogpt, config).to(device), gptcore_loss)
-    n_params = model.num_parameters()
+        for layout, name in zip(NANOGPT_LAYOUTS, ("nanogpt", "nanogpt gpt2")):
+            implementations[name] = (nanogpt_twin(nanogpt, config, layout).to(device), gptcore_loss)
+    if (book := book_twin(config)) is not None:
+        implementations["gptcore untied"] = (GPT(replace(config, tie_embeddings=False)).to(device), gptcore_loss)
+        implementations["book"] = (book.to(device), book_loss)
+    base = {peer: PEERS[peer][0] for peer in implementations if peer in PEERS}
+    pairs = list(base.items())
     inputs = torch.randint(0, config.vocab_size, (batch_size, context), device=device)
     batch = (inputs, torch.roll(inputs, -1, dims=1))
     tokens = inputs.numel()
+    work = flops_per_token(config, model.num_parameters()) * tokens
     for precision in precisions:
+        dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+        peak = max(square_peaks[precision], matmul_peak(dtype, device, model_gemm_shapes(config, tokens),
+                                                        max_size=0), key=lambda p: p["flops"])
         at_precision = replace(runtime, precision=precision)
         train = interleaved({name: TrainStep(net, loss_of, batch, at_precision)
-                             for name, (net, loss_of) in implementations.items()}, rounds, device)
+                             for name, (net, loss_of) in implementations.items()}, device, pairs=pairs, **rounds)
         evaluated = interleaved({name: evaluation(net, loss_of, batch, at_precision)
-                                 for name, (net, loss_of) in implementations.items()}, rounds, device)
-        for name in implementations:
-            achieved = flops_per_token(config, n_params) * tokens / train[name]
-            rows.append({"measure": "train step", "impl": name, "context": context, "batch": batch_size,
-                         "precision": precision, "tokens_per_s": tokens / train[name],
-                         "tflops": achieved / 1e12, "mfu": achieved / peaks[precision]})
-            rows.append({"measure": "eval forward", "impl": name, "context": context, "batch": batch_size,
-                         "precision": precision, "tokens_per_s": tokens / evaluated[name]})
+                                 for name, (net, loss_of) in implementations.items()}, device, pairs=pairs, **rounds)
+        columns = dict(context=context, batch=batch_size, precision=precision)
+        for row in timed_rows("train step", train, tokens, base, **columns):
+            achieved = work / statistics.median(row["seconds"])
+            row["tflops"] = achieved / 1e12
+            row["mfu"], row["mfu_refused"] = model_flops_utilization(achieved, peak["flops"])
+            row["peak"] = {"tflops": peak["flops"] / 1e12, "shape": peak["shape"]}
+            rows.append(row)
+        rows += timed_rows("eval forward", evaluated, tokens, base, **columns)
     return model, twin
 
 
-def bench_generation(model, twin, rounds: int, device, rows: list, new_tokens=200):
+def bench_generation(model, twin, rounds: dict, device, rows: list, new_tokens=200):
     """Greedy decoding against HF's cached generate (fp32), gptcore with each of its inference weights."""
     variants = {weights: prepare_for_inference(copy.deepcopy(model), weights, device)
                 for weights in weights_on(device)}
     for batch in (1, 8):
         prompt = torch.randint(0, VOCAB_SIZE, (batch, 8), device=device)
-        seconds = interleaved({**{weights: greedy(net, prompt, new_tokens, False) for weights, net in variants.items()},
-                               "hf": greedy(twin, prompt, new_tokens, True)}, rounds, device)
-        for variant, taken in seconds.items():
-            rows.append({"measure": "greedy generate", "impl": "hf" if variant == "hf" else "gptcore",
-                         "context": model.config.context_length, "batch": batch,
-                         "precision": "fp32" if variant == "hf" else variant,
-                         "tokens_per_s": batch * new_tokens / taken})
+        timing = interleaved({**{weights: greedy(net, prompt, new_tokens, False) for weights, net in variants.items()},
+                              "hf": greedy(twin, prompt, new_tokens, True)}, device,
+                             pairs=[("hf", weights) for weights in variants], **rounds)
+        for row in timed_rows("greedy generate", timing, batch * new_tokens, {}, context=model.config.context_length,
+                              batch=batch):
+            row["impl"], row["precision"] = ("hf", "fp32") if row["impl"] == "hf" else ("gptcore", row["impl"])
+            if row["impl"] == "gptcore":
+                row["against"] = "hf"
+                pair = ("hf", row["precision"])
+                row["speedup"] = spread(paired_ratios(timing["seconds"], [pair])[pair])
+            rows.append(row)
 
 
 def bench_tokenization(corpus: Path, megabytes: int, rows: list):
@@ -284,65 +399,99 @@ def machine(runtime: Runtime) -> str:
     return f"{name}; torch {torch.__version__}; CPU capability {torch.backends.cpu.get_cpu_capability()}"
 
 
-def run_benchmark(contexts=(256, 1024), *, rounds: int = 3, device_name: str = "auto", tokenize_mb: int = 20,
-                  corpus: Path | None = None, precisions=None, preset: str = "gpt2-small",
-                  nanogpt: Path | None = None, tracking: bool = True) -> dict:
+def run_benchmark(contexts=(256, 1024), *, rounds: int = MIN_ROUNDS, max_rounds: int = MAX_ROUNDS,
+                  device_name: str = "auto", tokenize_mb: int = 20, corpus: Path | None = None, precisions=None,
+                  preset: str = "gpt2-small", nanogpt: Path | None = None, tracking: bool = True) -> dict:
     """The side-by-side rows per context (batch 512 tokens on the CPU, 16,384 on a GPU), greedy decoding at the
     first context, the MLflow tracking cost (tracking=False: without MLflow, as on a bare GPU machine) and
-    tokenization (given a corpus)."""
+    tokenization (given a corpus). Each timing runs at least `rounds` rounds, at most max_rounds."""
     runtime = setup_runtime(device_name, "fp32")
     device = runtime.device
     if precisions is None:  # bf16 only where it runs in hardware: emulated bf16 is ~40x slower here
         precisions = ("fp32", "bf16") if fast_bf16(device) else ("fp32",)
-    peaks = {p: matmul_peak(torch.float32 if p == "fp32" else torch.bfloat16, device) for p in ("fp32", "bf16")}
+    squares = {p: matmul_peak(torch.float32 if p == "fp32" else torch.bfloat16, device) for p in ("fp32", "bf16")}
+    schedule = {"min_rounds": rounds, "max_rounds": max(rounds, max_rounds)}
     rows: list[dict] = []
     for context in contexts:
         batch = max(1, 512 // context) if device.type == "cpu" else max(1, 16384 // context)
-        model, twin = bench_model(preset, context, precisions=precisions, batch_size=batch, rounds=rounds,
-                                  runtime=runtime, peaks=peaks, rows=rows, nanogpt=nanogpt)
+        model, twin = bench_model(preset, context, precisions=precisions, batch_size=batch, rounds=schedule,
+                                  runtime=runtime, square_peaks=squares, rows=rows, nanogpt=nanogpt)
         if context == contexts[0]:
-            bench_generation(model, twin, rounds, device, rows)
+            bench_generation(model, twin, schedule, device, rows)
         del model, twin
     if tracking:
         step = next(r for r in rows if r["measure"] == "train step" and r["impl"] == "gptcore")
         bench_tracking(rounds, step["batch"] * step["context"] / step["tokens_per_s"], rows)
     if corpus is not None and tokenize_mb:
         bench_tokenization(corpus, tokenize_mb, rows)
-    return {"machine": machine(runtime), "device": device.type, "rounds": rounds, "preset": preset,
-            "matmul_peak_tflops": {k: v / 1e12 for k, v in peaks.items()},
+    return {"machine": machine(runtime), "device": device.type, "rounds": schedule, "settled_within": SETTLED_WITHIN,
+            "preset": preset, "square_matmul_peak": {k: {"tflops": v["flops"] / 1e12, "shape": v["shape"],
+                                                         "rates_tflops": {s: r / 1e12 for s, r in v["rates"].items()}}
+                                                     for k, v in squares.items()},
             "peak_memory_mb": peak_memory_mb(device), "rows": rows}
 
 
-PEERS = {"hf": "HF", "book": "book", "nanogpt": "nanoGPT"}
+def with_spread(median: float, low: float, high: float, form: str = "{:,.1f}") -> str:
+    """`median (low-high)`, each in `form`."""
+    return f"{form.format(median)} ({form.format(low)}-{form.format(high)})"
 
 
 def ratio_rows(result: dict) -> list[str]:
-    """One line per gptcore measurement: its tokens/s beside each peer's on the same work, and gptcore / HF."""
-    rows = result["rows"]
-    present = [peer for peer in PEERS if any(r["impl"] == peer for r in rows)]
-    lines = []
-    for row in rows:
-        if row["impl"] != "gptcore" or row["measure"] not in ("train step", "eval forward", "greedy generate"):
+    """One line per timed variant: its tokens/s (median, min-max over rounds), for a peer how many times
+    faster gptcore of the same layout ran (paired rounds: median, min-max), the MFU of a training step."""
+    lines = ["| measure | context | batch | precision | implementation | tokens/s median (min-max) | "
+             "gptcore's speed / its (min-max) | MFU |", "|---" * 8 + "|"]
+    for row in result["rows"]:
+        if "seconds" not in row:
             continue
-        same = ("measure", "context", "batch") + (("precision",) if row["measure"] != "greedy generate" else ())
-        peers = {r["impl"]: r for r in rows if r["impl"] in present and all(r.get(k) == row.get(k) for k in same)}
-        precision = row["precision"] + (" weights" if row["measure"] == "greedy generate" else "")
-        speeds = " | ".join(f"{peers[peer]['tokens_per_s']:.1f}" if peer in peers else "-" for peer in present)
-        hf = peers.get("hf")
-        lines.append(f"| {row['measure']} | {row['context']} | {row['batch']} | {precision} | "
-                     f"{row['tokens_per_s']:.1f} | {speeds} | "
-                     + (f"{row['tokens_per_s'] / hf['tokens_per_s']:.2f}x" if hf else "-") + " | "
-                     + (f"{row['mfu'] * 100:.1f} % / {hf['mfu'] * 100:.1f} %" if "mfu" in row and hf else "") + " |")
-    header = ["gptcore tokens/s", *(f"{PEERS[peer]} tokens/s" for peer in present), "gptcore / HF", "MFU gptcore / HF"]
-    return ["| measure | context | batch | precision | " + " | ".join(header) + " |",
-            "|---" * (4 + len(header)) + "|", *lines]
+        precision = row["precision"] + (" weights" if row["measure"] == "greedy generate" and row["impl"] == "gptcore"
+                                        else "")
+        label = LABELS[row["impl"]] if row["measure"] != "greedy generate" else LABELS[row["impl"]].split(" (")[0]
+        ratio = row.get("speedup")
+        against = (f"{with_spread(ratio['median'], ratio['min'], ratio['max'], '{:.2f}x')} vs {row['against']}"
+                   if ratio else "")
+        mfu = "" if "mfu" not in row else ("refused (below)" if row["mfu"] is None else f"{row['mfu'] * 100:.1f} %")
+        lines.append(f"| {row['measure']} | {row['context']} | {row['batch']} | {precision} | {label} | "
+                     f"{with_spread(row['tokens_per_s'], row['tokens_per_s_min'], row['tokens_per_s_max'])} | "
+                     f"{against} | {mfu} |")
+    return lines
+
+
+def settling_lines(result: dict) -> list[str]:
+    """Per timing: the rounds run and how far the last moved a ratio, against the bound; refused MFUs and why."""
+    seen, lines = set(), []
+    for row in result["rows"]:
+        if "seconds" not in row:
+            continue
+        key = (row["measure"], row["context"], row["batch"],
+               row["precision"] if row["measure"] != "greedy generate" else "")
+        if key not in seen:
+            seen.add(key)
+            where = f"- {row['measure']}, {row['context']} x {row['batch']}" + (f", {key[3]}" if key[3] else "")
+            if row["rounds"] < 2:
+                lines.append(f"{where}: 1 round, so no spread and no settling measured")
+                continue
+            bound = f"{result['settled_within'] * 100:.0f} %"
+            state = f"within {bound}" if row["settled"] else f"above {bound}: the round cap came first"
+            lines.append(f"{where}: {row['rounds']} rounds; the last moved a ratio by {row['moved'] * 100:.1f} % "
+                         f"({state})")
+        if row.get("mfu_refused"):
+            lines.append(f"- MFU of {LABELS[row['impl']]}, {row['measure']} {row['context']} {row['precision']}: "
+                         f"{row['mfu_refused']}")
+    return lines
 
 
 def format_table(result: dict) -> str:
-    peaks = result["matmul_peak_tflops"]
+    peaks = result["square_matmul_peak"]
+    train = [row for row in result["rows"] if row["measure"] == "train step" and row["impl"] == "gptcore"]
+    used = "; ".join(f"{row['context']} x {row['batch']} {row['precision']}: {row['peak']['tflops'] * 1000:.0f} "
+                     f"GFLOP/s ({row['peak']['shape']})" for row in train)
     lines = [f"Machine: {result['machine']}",
-             f"Matmul peak measured here: fp32 {peaks['fp32'] * 1000:.0f} GFLOP/s, bf16 {peaks['bf16'] * 1000:.0f} GFLOP/s",
-             "", *ratio_rows(result)]
+             f"Fastest square matmul here: fp32 {peaks['fp32']['tflops'] * 1000:.0f} GFLOP/s ({peaks['fp32']['shape']}),"
+             f" bf16 {peaks['bf16']['tflops'] * 1000:.0f} GFLOP/s ({peaks['bf16']['shape']}); the MFU peak, with the "
+             f"step's own GEMM shapes: {used}",
+             "", *ratio_rows(result), "", "Rounds (interleaved; more until one more moves no ratio by more than "
+             f"{result['settled_within'] * 100:.0f} %):", *settling_lines(result)]
     for row in result["rows"]:
         if row["measure"] == "tokenize":
             lines.append(f"\nTokenization: {row['mb_per_s']:.2f} MB/s ({row['tokens_per_s']:,.0f} tokens/s) on "

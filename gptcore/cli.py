@@ -115,8 +115,9 @@ def cmd_bench(args) -> None:
     from .atomic import atomic_write_text
     from .bench import format_table, run_benchmark
 
-    result = run_benchmark(tuple(args.context), rounds=args.rounds, device_name=args.device,
-                           tokenize_mb=args.tokenize_mb, corpus=Path(args.corpus) if args.corpus else None,
+    schedule = {name: value for name, value in (("rounds", args.rounds), ("max_rounds", args.max_rounds))
+                if value is not None}
+    result = run_benchmark(tuple(args.context), **schedule, device_name=args.device, tokenize_mb=args.tokenize_mb, corpus=Path(args.corpus) if args.corpus else None,
                            precisions=tuple(args.precision) if args.precision else None, nanogpt=args.nanogpt)
     print(format_table(result))
     atomic_write_text(args.json, json.dumps(result, indent=2))
@@ -209,7 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmark gptcore against Hugging Face GPT-2 on this machine")
     bench.add_argument("--context", type=int, nargs="+", default=[256, 1024])
-    bench.add_argument("--rounds", type=int, default=3, help="timed rounds per variant (after one warm-up)")
+    bench.add_argument("--rounds", type=int, default=None,
+                       help="at least this many timed rounds of every variant, interleaved, after a warm-up round; "
+                            "more until one more moves no ratio by more than 2 %% (default: gptcore.bench.MIN_ROUNDS)")
+    bench.add_argument("--max-rounds", type=int, default=None, help="at most this many (default: "
+                                                                    "gptcore.bench.MAX_ROUNDS)")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=None,
                        help="default: fp32, plus bf16 where the hardware runs it")

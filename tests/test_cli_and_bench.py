@@ -1,10 +1,12 @@
 import importlib.util
 import json
+import math
 
 import pytest
 import torch
 
-from gptcore.bench import format_table, nanogpt_twin, run_benchmark
+from gptcore.bench import (format_table, interleaved, last_round_moved, matmul_peak, model_flops_utilization,
+                           model_gemm_shapes, nanogpt_twin, paired_ratios, run_benchmark)
 from gptcore.checkpoint import save_model
 from gptcore.cli import main
 from gptcore.errors import ConfigError
@@ -78,7 +80,7 @@ def test_help_for_every_command(capsys):
 @pytest.mark.slow
 def test_benchmark_measures_every_row_side_by_side(shared_dir):
     pytest.importorskip("transformers")
-    result = run_benchmark(contexts=(256,), rounds=1, device_name="cpu", tokenize_mb=1,
+    result = run_benchmark(contexts=(256,), rounds=2, max_rounds=2, device_name="cpu", tokenize_mb=1,
                            corpus=shared_dir / "data" / "the-verdict.txt", precisions=("fp32",), preset="tiny")
     measures = {(r["measure"], r["impl"]) for r in result["rows"]}
     for measure in ("train step", "eval forward", "greedy generate"):
@@ -86,12 +88,19 @@ def test_benchmark_measures_every_row_side_by_side(shared_dir):
     assert {("tokenize", "gptcore"), ("mlflow tracking", "gptcore"), ("system metrics", "gptcore")} <= measures
     train = [r for r in result["rows"] if r["measure"] == "train step"]
     assert all(0 < r["mfu"] < 1 for r in train)
-    if importlib.util.find_spec("llms_from_scratch"):  # the book's model joins where its package is installed
-        assert {("train step", "book"), ("eval forward", "book")} <= measures
+    for row in train + [r for r in result["rows"] if r["measure"] == "greedy generate"]:  # every round kept
+        assert len(row["seconds"]) == row["rounds"] == 2
+        assert row["tokens_per_s_min"] <= row["tokens_per_s"] <= row["tokens_per_s_max"]
+    hf = next(r for r in train if r["impl"] == "hf")
+    assert hf["against"] == "gptcore" and hf["speedup"]["min"] <= hf["speedup"]["median"] <= hf["speedup"]["max"]
+    if importlib.util.find_spec("llms_from_scratch"):  # the book's model joins where its package is installed,
+        assert {("train step", "book"), ("train step", "gptcore untied")} <= measures  # beside gptcore untied
+        assert next(r for r in train if r["impl"] == "book")["against"] == "gptcore untied"
     table = format_table(result)
-    assert "nanoGPT" not in table  # a peer's column only where it ran
+    assert "nanoGPT" not in table  # a peer's rows only where it ran
     for weights in ("fp32", "bf16", "int8"):
-        assert table.count(f"| greedy generate | 256 | 1 | {weights} weights |") == 1
+        assert table.count(f"| greedy generate | 256 | 1 | {weights} weights | gptcore |") == 1
+    assert "| train step | 256 | 2 | fp32 | HF GPT2LMHeadModel |" in table and "x (" in table
     assert "Tokenization:" in table and ("AMX yes" in table or "AMX no" in table)
 
 
@@ -110,5 +119,53 @@ def test_nanogpt_peer_is_the_gpt_of_a_checkouts_model_py_configured_as_its_train
     twin = nanogpt_twin(tmp_path, ModelConfig.from_preset("tiny", context_length=48))
     assert vars(twin.config) == {"block_size": 48, "vocab_size": 50304, "n_layer": 2, "n_head": 2, "n_embd": 64,
                                  "dropout": 0.0, "bias": False}
+    as_gpt2 = nanogpt_twin(tmp_path, ModelConfig.from_preset("tiny", context_length=48), "gpt2")
+    assert (as_gpt2.config.vocab_size, as_gpt2.config.bias) == (50257, True)  # GPT-2's layout, gptcore's rows
     with pytest.raises(ConfigError, match=f"--nanogpt {tmp_path / 'none'}: no model.py there"):
         nanogpt_twin(tmp_path / "none", ModelConfig.from_preset("tiny"))
+
+
+def fake_rates(rates: dict):
+    """A rate_of for matmul_peak: FLOP/s by shape, each product taking 10 ms."""
+    return lambda m, k, n, dtype, device: (rates.get((m, k, n), 1e9), 0.01)
+
+
+def test_the_peak_is_the_fastest_shape_measured_and_the_squares_stop_where_the_rate_stops_rising():
+    squares = {(256,) * 3: 50e9, (512,) * 3: 80e9, (1024,) * 3: 90e9, (2048,) * 3: 91e9, (4096,) * 3: 120e9}
+    peak = matmul_peak(torch.float32, torch.device("cpu"), rate_of=fake_rates(squares))
+    # 2048 rose by 1 % only: the squares stop there, 4096 is never tried
+    assert peak["flops"] == 91e9 and peak["shape"] == "2048x2048x2048" and "4096x4096x4096" not in peak["rates"]
+    model_shape = (512, 768, 3072)
+    peak = matmul_peak(torch.float32, torch.device("cpu"), [model_shape],
+                       rate_of=fake_rates({**squares, model_shape: 108e9}))
+    assert peak["flops"] == 108e9 and peak["shape"] == "512x768x3072"  # a model GEMM beating the squares raises it
+    assert model_gemm_shapes(ModelConfig.from_preset("gpt2-small"), 512) == [
+        (512, 768, 2304), (512, 768, 768), (512, 768, 3072), (512, 3072, 768), (512, 768, 50257)]
+
+
+def test_an_mfu_above_100_percent_is_refused_with_the_reason():
+    assert model_flops_utilization(54e9, 108e9) == (0.5, None)
+    mfu, why = model_flops_utilization(108e9, 90e9)
+    assert mfu is None and "sustained 108 GFLOP/s, above the fastest matmul measured (90 GFLOP/s)" in why
+
+
+def scripted(seconds_by_variant: dict):
+    """A timer for interleaved: each variant's scripted seconds, round by round (the warm-up first)."""
+    queues = {name: list(values) for name, values in seconds_by_variant.items()}
+    return lambda fn, device: queues[fn].pop(0)
+
+
+def test_rounds_are_added_until_one_more_moves_no_ratio_by_more_than_the_bound():
+    cpu = torch.device("cpu")
+    # gptcore steady at 1.0 s; the peer's rounds swing, then settle near 1.2 s
+    peer = [9.0, 1.0, 1.5, 1.2, 1.21, 1.19, 1.2, 1.2, 1.2, 1.2, 1.2]
+    timing = interleaved({"gptcore": "gptcore", "peer": "peer"}, cpu, pairs=[("peer", "gptcore")], min_rounds=3,
+                         max_rounds=10, within=0.02, timer=scripted({"gptcore": [5.0] + [1.0] * 10, "peer": peer}))
+    assert timing["seconds"]["peer"] == [1.0, 1.5, 1.2, 1.21]  # the warm-up is not kept; round 4 moved 0.4 %
+    assert timing["rounds"] == 4 and timing["settled"] and timing["moved"] == pytest.approx(1.205 / 1.2 - 1)
+    assert paired_ratios(timing["seconds"], [("peer", "gptcore")])[("peer", "gptcore")] == [1.0, 1.5, 1.2, 1.21]
+    swinging = [1.0, 2.0] * 6
+    timing = interleaved({"gptcore": "gptcore", "peer": "peer"}, cpu, pairs=[("peer", "gptcore")], min_rounds=3,
+                         max_rounds=6, within=0.02, timer=scripted({"gptcore": [1.0] * 12, "peer": swinging}))
+    assert timing["rounds"] == 6 and not timing["settled"]  # the cap came first: said, not hidden
+    assert last_round_moved({"a": [1.0], "b": [2.0]}, [("a", "b")]) == math.inf  # one round measures no move

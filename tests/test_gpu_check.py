@@ -51,7 +51,8 @@ def test_nanogpts_training_loop_reports_speed_and_mfu_on_the_cpu():
 
 
 def test_the_side_by_side_table_runs_on_the_cpu():  # context 256: HF decodes 8 + 200 positions
-    result = gpu_check.side_by_side("cpu", None, preset="tiny", context=256, rounds=1, precisions=("fp32",))
+    result = gpu_check.side_by_side("cpu", None, preset="tiny", context=256, rounds=1, max_rounds=1,
+                                    precisions=("fp32",))
     measured = {(row["measure"], row["impl"], row["precision"]) for row in result["rows"]}
     assert {("train step", "gptcore", "fp32"), ("train step", "hf", "fp32"), ("eval forward", "gptcore", "fp32"),
             ("greedy generate", "gptcore", "int8"), ("greedy generate", "hf", "fp32")} <= measured
