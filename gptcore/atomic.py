@@ -48,3 +48,27 @@ def atomic_write_bytes(target, data: bytes) -> None:
 
 def atomic_write_text(target, text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def link_identical_files(originals, copies) -> None:
+    """Replace every file under `copies` whose bytes equal a file of the same name under `originals` by a
+    hard link to that file, atomically: one copy on disk, which stays whole when either name is removed
+    or replaced (gptcore writes by renaming a new file over the old). Where no hard link can be made
+    (another file system, a store that does not support them) the copy stays."""
+    import filecmp
+
+    by_name: dict[str, list[Path]] = {}
+    for original in Path(originals).rglob("*"):
+        if original.is_file() and not original.is_symlink():
+            by_name.setdefault(original.name, []).append(original)
+    for copy in [path for path in Path(copies).rglob("*") if path.is_file() and not path.is_symlink()]:
+        same = [original for original in by_name.get(copy.name, []) if os.path.samefile(original, copy) or
+                (original.stat().st_size == copy.stat().st_size and filecmp.cmp(original, copy, shallow=False))]
+        if not same or os.path.samefile(same[0], copy):
+            continue
+        link = copy.with_name(f".{copy.name}.link-{os.getpid()}")
+        try:
+            os.link(same[0], link)
+            os.replace(link, copy)
+        except OSError:  # EXDEV, EPERM, ENOTSUP: the copy stays
+            link.unlink(missing_ok=True)

@@ -177,10 +177,9 @@ def load_checkpoint(folder, model: GPT) -> dict:
         raise CheckpointError(f"checkpoint {folder} was made with another model config (saved, now): "
                               f"{changed}; restore those params or delete the checkpoint to start over")
     load_safetensors_into(model, str(folder / WEIGHTS))
-    try:
-        return torch.load(folder / STATE, map_location="cpu", weights_only=True)
-    except Exception as error:  # weights_only refuses anything but tensors and plain containers
-        raise CheckpointError(f"refusing to load {folder / STATE}: {error}") from error
+    from .lfs import load_plain
+
+    return load_plain(folder / STATE, CheckpointError, "a resume checkpoint's trainer state here")
 
 
 ARCHITECTURE_FIELDS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias",
@@ -202,7 +201,12 @@ def initialize_model(config: ModelConfig, init_from: str = "scratch") -> GPT:
         raise MissingInputError(f"model.init_from {init_from!r} is neither 'scratch', an official GPT-2 name "
                                 f"({', '.join(OFFICIAL_MODELS)}), an existing model folder nor a book file "
                                 "(model.pth)")
-    model = load_model(init_from, drop_rate=config.drop_rate, n_heads=config.n_heads)
+    from .lfs import LfsFormatError
+
+    try:
+        model = load_model(init_from, drop_rate=config.drop_rate, n_heads=config.n_heads)
+    except LfsFormatError as error:
+        raise LfsFormatError(f"model.init_from: {error}") from None
     if config.context_length < model.config.context_length:
         model.crop_context(config.context_length)
     loaded = model.config.to_dict()

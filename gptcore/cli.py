@@ -1,4 +1,4 @@
-"""The `gptcore` command: generate, classify, instruct, eval, bench, export-hf, export-lfs, info."""
+"""The `gptcore` command: generate, classify, instruct, eval, bench, export-hf, export-lfs, ui, info."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from .errors import GptcoreError
 from .settings import default, doc, rule
 from .settings.evaluate import EvaluateConfig
 from .settings.generate import GenerateConfig
+from .settings.tracking import TrackingConfig
 from .settings.zero_shot import ZeroShotConfig
 
 # the generate section's settings that are also options of `gptcore generate` (its prompt is an argument)
@@ -147,7 +148,18 @@ def cmd_info(args) -> None:
                       "size_mb_fp32": round(model.num_parameters() * 4 / 2 ** 20, 1), "config": config}, indent=2))
 
 
-MODEL_HELP = "gptcore model folder, HF GPT-2 folder, the book's model.pth or an official name (gpt2 ...)"
+MODEL_HELP = ("gptcore model folder, HF GPT-2 folder, the book's model.pth or an official name (gpt2 ...) "
+              "(default: %(default)s)")
+
+
+def cmd_ui(args) -> None:
+    from .params import load_params
+    from .tracking import repo_root, serve_ui
+
+    params_file = repo_root() / "params.yaml"
+    experiment = args.experiment or (load_params(params_file).tracking.experiment if params_file.is_file()
+                                     else TrackingConfig().experiment)
+    serve_ui(experiment, args.host, args.port, open_browser=not args.no_browser)
 
 
 def add_n_heads(command: argparse.ArgumentParser) -> None:
@@ -173,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     gen = commands.add_parser("generate", help="continue a prompt, streaming tokens as they come")
-    gen.add_argument("prompt")
+    gen.add_argument("prompt", help="the text to continue")
     gen.add_argument("--model", default="models", help=MODEL_HELP)
     add_n_heads(gen)
     add_setting_options(gen, GenerateConfig, SAMPLER_OPTIONS)
@@ -190,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     instruct = commands.add_parser("instruct", help="answer an instruction with a fine-tuned instruction model "
                                                     "(greedy, in the template it was trained on)")
     instruct.add_argument("instruction", help="the task, e.g. \"Rewrite the sentence in passive voice.\"")
-    instruct.add_argument("--input", default="", help="the text the instruction works on (optional)")
+    instruct.add_argument("--input", default="", help="the text the instruction works on (default: none)")
     instruct.add_argument("--model", default="data/instruct/model",
                           help="the folder the instruction pipeline wrote (default: %(default)s)")
     instruct.add_argument("--max-new-tokens", type=int, default=None,
@@ -205,29 +217,36 @@ def build_parser() -> argparse.ArgumentParser:
     add_n_heads(evaluation)
     add_setting_options(evaluation, ZeroShotConfig, ZERO_SHOT_OPTIONS)
     add_setting_options(evaluation, EvaluateConfig, RUNTIME_OPTIONS)
-    evaluation.add_argument("--json", default=None, help="also write each task's result to this file")
+    evaluation.add_argument("--json", default=None, help="also write each task's result to this JSON file "
+                                                          "(default: only the table)")
     evaluation.set_defaults(func=cmd_eval)
 
     bench = commands.add_parser("bench", help="benchmark gptcore against Hugging Face GPT-2 on this machine")
-    bench.add_argument("--context", type=int, nargs="+", default=[256, 1024])
+    bench.add_argument("--context", type=int, nargs="+", default=[256, 1024],
+                       help="the context lengths (tokens) to time training and inference at (default: 256 1024)")
     bench.add_argument("--rounds", type=int, default=None,
                        help="at least this many timed rounds of every variant, interleaved, after a warm-up round; "
                             "more until one more moves no ratio by more than 2 %% (default: gptcore.bench.MIN_ROUNDS)")
     bench.add_argument("--max-rounds", type=int, default=None, help="at most this many (default: "
                                                                     "gptcore.bench.MAX_ROUNDS)")
-    bench.add_argument("--device", default="auto")
+    bench.add_argument("--device", default="auto", help="cpu, cuda, mps or auto: cuda, then mps, then cpu "
+                                                         "(default: %(default)s)")
     bench.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=None,
-                       help="default: fp32, plus bf16 where the hardware runs it")
-    bench.add_argument("--corpus", default=None, help="text file repeated for the tokenization benchmark")
-    bench.add_argument("--tokenize-mb", type=int, default=20)
+                       help="the precisions to time (default: fp32, plus bf16 where the hardware runs it)")
+    bench.add_argument("--corpus", default=None, help="text file repeated for the tokenization benchmark "
+                                                       "(default: no tokenization rows)")
+    bench.add_argument("--tokenize-mb", type=int, default=20,
+                       help="megabytes of that text to tokenize (default: %(default)s)")
     bench.add_argument("--nanogpt", type=Path, default=None,
-                       help="a nanoGPT checkout: its model.py joins the training and evaluation rows")
-    bench.add_argument("--json", default="benchmarks/results.json")
+                       help="a nanoGPT checkout: its model.py joins the training and evaluation rows "
+                            "(default: no nanoGPT rows)")
+    bench.add_argument("--json", default="benchmarks/results.json",
+                       help="where to write every measurement (default: %(default)s)")
     bench.set_defaults(func=cmd_bench)
 
     export = commands.add_parser("export-hf", help="write a model as a Hugging Face GPT-2 folder")
     export.add_argument("model", help=MODEL_HELP)
-    export.add_argument("out")
+    export.add_argument("out", help="the folder to write (config.json, model.safetensors)")
     add_n_heads(export)
     export.set_defaults(func=cmd_export_hf)
 
@@ -236,6 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
     export_book.add_argument("out", help="the .pth file to write")
     add_n_heads(export_book)
     export_book.set_defaults(func=cmd_export_lfs)
+
+    ui = commands.add_parser("ui", help="the MLflow UI on the project's store, opened at the charts of its runs")
+    ui.add_argument("--experiment", default=None,
+                    help="the experiment to show (default: tracking.experiment of the project's params.yaml)")
+    ui.add_argument("--host", default="127.0.0.1", help="the address to serve on (default: %(default)s)")
+    ui.add_argument("--port", type=int, default=5000, help="the port to serve on (default: %(default)s)")
+    ui.add_argument("--no-browser", action="store_true", help="print the URL only; by default a browser opens it "
+                                                              "where one can be started")
+    ui.set_defaults(func=cmd_ui)
 
     info = commands.add_parser("info", help="parameter count and config of a model")
     info.add_argument("model", nargs="?", default="models", help=MODEL_HELP)

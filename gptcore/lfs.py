@@ -37,14 +37,28 @@ class LfsFormatError(GptcoreError, ValueError):
     """A file that is not a state dict of the book's GPTModel."""
 
 
+MODEL_SOURCES = ("a model folder (gptcore's or a Hugging Face GPT-2 one), an official name (gpt2 ... gpt2-xl) or "
+                 "a state dict saved by the book's code (model.pth)")
+PICKLED_CODE = re.compile(r"GLOBAL ([\w.]+)")  # how torch's weights_only unpickler names what it refused
+
+
+def load_plain(path, error: type[GptcoreError], expected: str):
+    """torch.load(weights_only=True): tensors and plain containers, never code. A refusal is one line
+    saying what the file is not and what gptcore reads (`expected`), not PyTorch's paragraph."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as refused:
+        code = PICKLED_CODE.search(str(refused))
+        if code:
+            raise error(f"refusing to load {path}: it pickles {code[1]}, which unpickling would run; gptcore "
+                        f"reads only tensors and plain containers from a torch.save file") from None
+        raise error(f"{path} is not a (complete) file saved by torch.save; gptcore reads {expected}") from None
+
+
 def read_state_dict(path) -> dict[str, torch.Tensor]:
     """The tensors of a book file: a bare state dict or chapter 5's {'model_state_dict': ...}."""
     path = Path(path)
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # weights_only refuses globals (code) in the pickle; also truncated files
-        raise LfsFormatError(f"refusing to load {path}: not a plain tensor state dict "
-                             f"({str(error).splitlines()[0]})") from None
+    loaded = load_plain(path, LfsFormatError, MODEL_SOURCES)
     if isinstance(loaded, dict) and "model_state_dict" in loaded:
         loaded = loaded["model_state_dict"]
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):

@@ -183,8 +183,8 @@ def generate_samples(params: Params, *, model_dir: Path, out_dir: Path) -> list[
     samples = [{"prompt": prompt, "sampler": sampler | {"seed": c["seed"]},
                 "completion": tokenizer.decode(c["new_ids"]), "text": tokenizer.decode(c["prompt_ids"] + c["new_ids"]),
                 "new_tokens": len(c["new_ids"])}
-               for prompt, c in zip(settings.prompts, continue_prompts(model, tokenizer, settings, runtime.device,
-                                                                       "params.yaml: generate.prompts"))]
+               for prompt, c in zip(settings.prompts, continue_prompts(model, tokenizer, settings.prompts, settings,
+                                                                       runtime.device, "params.yaml: generate.prompts"))]
     shutil.rmtree(out_dir, ignore_errors=True)  # prompts may have been removed: no stale files
     for index, sample in enumerate(samples):
         name = sample_name(index, sample["prompt"])

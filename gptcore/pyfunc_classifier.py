@@ -20,11 +20,13 @@ class GptcoreClassifier(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         from gptcore.classifier import classify
+        from gptcore.tracking import request_errors
 
-        texts = list(model_input["text"] if isinstance(model_input, pd.DataFrame) else model_input)
-        rows = classify(self.classifier, self.info, texts, self.tokenizer, self.runtime)
-        return pd.DataFrame([{"label": row["label"], **{f"probability_{name}": p for name, p in
-                                                          row["probabilities"].items()}} for row in rows])
+        with request_errors():
+            texts = list(model_input["text"] if isinstance(model_input, pd.DataFrame) else model_input)
+            rows = classify(self.classifier, self.info, texts, self.tokenizer, self.runtime)
+            return pd.DataFrame([{"label": row["label"], **{f"probability_{name}": p for name, p in
+                                                              row["probabilities"].items()}} for row in rows])
 
 
 mlflow.models.set_model(GptcoreClassifier())

@@ -22,10 +22,12 @@ class GptcoreInstruct(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         from gptcore.instruct import answer
+        from gptcore.tracking import request_errors
 
-        rows = model_input.to_dict("records") if isinstance(model_input, pd.DataFrame) else list(model_input)
-        responses = answer(self.model, self.template, self.info, rows, self.tokenizer, self.runtime)
-        return pd.DataFrame({"response": responses})
+        with request_errors():
+            rows = model_input.to_dict("records") if isinstance(model_input, pd.DataFrame) else list(model_input)
+            responses = answer(self.model, self.template, self.info, rows, self.tokenizer, self.runtime)
+            return pd.DataFrame({"response": responses})
 
 
 mlflow.models.set_model(GptcoreInstruct())

@@ -27,11 +27,13 @@ class GptcoreModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         from gptcore.sampling import continue_prompts
         from gptcore.settings.generate import GenerateConfig
+        from gptcore.tracking import request_errors
 
-        prompts = list(model_input["prompt"] if isinstance(model_input, pd.DataFrame) else model_input)
-        settings = GenerateConfig(prompts=prompts, **(params or {}))
-        continued = continue_prompts(self.model, self.tokenizer, settings, name="prompt")
-        return pd.DataFrame({"text": [self.tokenizer.decode(c["prompt_ids"] + c["new_ids"]) for c in continued]})
+        with request_errors(section="generate"):
+            prompts = list(model_input["prompt"] if isinstance(model_input, pd.DataFrame) else model_input)
+            settings = GenerateConfig(**(params or {}))  # the sampler; its prompts are params.yaml's
+            continued = continue_prompts(self.model, self.tokenizer, prompts, settings, name="prompt")
+            return pd.DataFrame({"text": [self.tokenizer.decode(c["prompt_ids"] + c["new_ids"]) for c in continued]})
 
 
 mlflow.models.set_model(GptcoreModel())

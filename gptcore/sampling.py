@@ -107,12 +107,12 @@ def generate(model: GPT, token_ids, max_new_tokens: int, *, temperature: float =
     return sequence
 
 
-def continue_prompts(model: GPT, tokenizer, settings: GenerateConfig, device=None,
+def continue_prompts(model: GPT, tokenizer, prompts: list[str], settings: GenerateConfig, device=None,
                      name: str = "generate.prompts") -> list[dict]:
-    """settings.prompts continued with settings' sampler, prompt i with seed + i so that each sample is
+    """prompts continued with settings' sampler, prompt i with seed + i so that each sample is
     reproducible on its own; every prompt is checked against the context (named `name[i]`) before the
     first is generated. Per prompt: its token ids, the new ids and the seed it used."""
-    encoded = [tokenizer.encode(prompt) for prompt in settings.prompts]
+    encoded = [tokenizer.encode(prompt) for prompt in prompts]
     for index, ids in enumerate(encoded):
         check_prompt(len(ids), model.config.context_length, f"{name}[{index}]")
     continued = []

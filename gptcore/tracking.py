@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import time
 import warnings
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from .atomic import link_identical_files
 from .callbacks import RECORD_KEYS, TrainerCallback
 from .plots import CURVES
 from .settings import rule
@@ -85,6 +87,30 @@ def as_metrics(values: dict, step: int) -> list:
 
     now = int(time.time() * 1000)
     return [Metric(key, float(value), now, step) for key, value in values.items()]
+
+
+@contextlib.contextmanager
+def fluent_store(uri: str):
+    """MLflow's fluent API (which log_model needs) on `uri` for the block. The process's tracking and
+    registry URIs, and the environment variables MLflow sets with them for subprocesses, are put back
+    after: a library call leaves its caller's MLflow set-up as it found it."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry
+    from mlflow.tracking._tracking_service import utils as tracking
+
+    variables = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = tracking._tracking_uri, registry._registry_uri, {name: os.environ.get(name) for name in variables}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        tracking._tracking_uri, registry._registry_uri = saved[0], saved[1]
+        for name, value in saved[2].items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class Tracker:
@@ -274,9 +300,7 @@ class Tracker:
         import mlflow
 
         package = Path(__file__).resolve().parent
-        mlflow.set_tracking_uri(self.uri)
-        mlflow.set_registry_uri(self.uri)
-        with mlflow.start_run(run_id=self.run_id), warnings.catch_warnings():
+        with fluent_store(self.uri), mlflow.start_run(run_id=self.run_id), warnings.catch_warnings():
             # the signature is given: MLflow's advice to infer it from predict's type hints does not apply
             warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
             info = mlflow.pyfunc.log_model(
@@ -284,6 +308,7 @@ class Tracker:
                 artifacts={"model": str(model_dir)}, signature=signature, input_example=input_example,
                 pip_requirements=["torch", "tiktoken", "safetensors", "pandas", "mlflow"],
                 registered_model_name=registered_name)
+        share_logged_files(self.client.get_logged_model(info.model_id).artifact_location, model_dir)
         return None if info.registered_model_version is None else str(info.registered_model_version)
 
     def write_run_file(self, folder, step: int | None = None):
@@ -294,6 +319,77 @@ class Tracker:
 
     def finish(self, status: str = "FINISHED"):
         self.client.set_terminated(self.run_id, status)
+
+
+@contextlib.contextmanager
+def request_errors(section: str | None = None):
+    """A served model's predict: gptcore's one-line errors (an empty prompt, a bad sampler setting, a prompt
+    longer than the context) leave as MLflow input errors, which `mlflow models serve` answers with HTTP 400,
+    the line in the message and no stack trace; any other exception stays a server error with its trace.
+    The model's inference params are the fields of params.yaml's `section`: named as the request names them."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    try:
+        yield
+    except GptcoreError as error:
+        message = re.sub(rf"\b{section}\.(\w+)", r"\1", str(error)) if section else str(error)
+        raise MlflowException(message, error_code=INVALID_PARAMETER_VALUE) from None
+
+
+def share_logged_files(artifact_location: str, model_dir) -> None:
+    """A model logged into a store on this file system holds hard links to the files of model_dir (which
+    DVC's cache holds by hard link too, see .dvc/config), not copies: a run costs one copy of its model.
+    An artifact store elsewhere (a tracking server, object storage) got a real upload and is left alone."""
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    if artifact_location.startswith("file:"):
+        link_identical_files(model_dir, local_file_uri_to_path(artifact_location))
+
+
+def chart_view_url(base: str, experiment_id: str) -> str:
+    """Where MLflow 3's UI shows an experiment's runs as charts side by side. The experiment's own page
+    opens on the GenAI overview (traces, latency) in a new browser, whatever the experiment's kind tag."""
+    return f"{base}/#/experiments/{experiment_id}/runs?compareRunsMode=CHART"
+
+
+def serve_ui(experiment: str, host: str, port: int, open_browser: bool) -> None:
+    """`mlflow ui` on the project's embedded store (its artifact root included), until interrupted; the
+    chart view of `experiment` (created if it is new, as training runs) is printed and, where a browser can
+    be started, opened."""
+    import urllib.request
+    import webbrowser
+
+    from mlflow.tracking import MlflowClient
+
+    uri, artifact_root = local_store(repo_root())
+    with FileLock(uri.removeprefix("sqlite:///") + ".lock"):
+        experiment_id = Tracker.experiment_id(MlflowClient(uri), experiment, f"{artifact_root}/{experiment}")
+    base = f"http://{host}:{port}"
+    server = subprocess.Popen(["mlflow", "ui", "--backend-store-uri", uri, "--default-artifact-root", artifact_root,
+                               "--host", host, "--port", str(port)])
+    try:
+        deadline = time.monotonic() + 120
+        while server.poll() is None:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TrackingUnavailable(f"mlflow ui did not answer on {base} within 120 s") from None
+                time.sleep(0.5)
+        else:
+            raise TrackingUnavailable(f"mlflow ui exited ({server.returncode}); is port {port} free? (--port)")
+        url = chart_view_url(base, experiment_id)
+        print(f"MLflow UI of {artifact_root.removeprefix('file://').removesuffix('/artifacts')}: {url}", flush=True)
+        if open_browser:
+            webbrowser.open(url)
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 class TrackingCallback(TrainerCallback):

@@ -127,12 +127,23 @@ def test_a_pickle_carrying_code_or_a_tensor_that_does_not_map_is_refused(tmp_pat
     with open(tmp_path / "plain.pkl", "wb") as handle:
         pickle.dump(CarriesCode(), handle)
     assert main(["info", str(tmp_path / "plain.pkl")]) == 1
-    assert "refusing to load" in capsys.readouterr().err
+    assert "plain.pkl is not a (complete) file saved by torch.save" in capsys.readouterr().err
     state = book_model(SMALL).state_dict()
     state["trf_blocks.0.att.W_extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "extra.pth")
     with pytest.raises(LfsFormatError, match="'trf_blocks.0.att.W_extra.weight' does not map"):
         load_model(tmp_path / "extra.pth", n_heads=2)
+
+
+def test_init_from_a_file_that_is_no_state_dict_is_one_short_line(tmp_path):
+    from gptcore.checkpoint import initialize_model
+
+    (tmp_path / "hostname").write_text("build-host\n")
+    with pytest.raises(LfsFormatError) as error:
+        initialize_model(gptcore_config(SMALL), str(tmp_path / "hostname"))
+    assert str(error.value) == (f"model.init_from: {tmp_path / 'hostname'} is not a (complete) file saved by torch.save; "
+                                "gptcore reads a model folder (gptcore's or a Hugging Face GPT-2 one), an official "
+                                "name (gpt2 ... gpt2-xl) or a state dict saved by the book's code (model.pth)")
 
 
 def test_init_from_a_book_file_takes_the_head_count_from_the_params(tmp_path):

@@ -66,3 +66,15 @@ def test_the_registered_classifier_serves_what_gptcore_classify_prints(project, 
     for row in (predicted, answer):
         assert row["label"] == expected["label"] and set(row) == set(expected)
         assert all(abs(row[k] - expected[k]) < 5e-5 for k in expected if k != "label")  # printed to 4 places
+
+
+def test_lora_is_one_experiment_away(project):
+    """The README's command; last here, since it leaves the LoRA classifier in the workspace."""
+    full = json.loads((project / "metrics" / "classify.json").read_text())
+    run(["dvc", "exp", "run", "stages/classify/dvc.yaml", "-n", "lora16", "-S", "classify_lora.rank=16"], project)
+    lora = json.loads((project / "metrics" / "classify.json").read_text())
+    assert lora["trainable_parameters"] < full["trainable_parameters"]
+    client = mlflow_client(project)
+    (lora_run,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                     "attributes.run_name = 'lora16'")
+    assert lora_run.data.params["classify_lora.rank"] == "16" and lora_run.data.tags["task"] == "classification"

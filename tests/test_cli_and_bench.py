@@ -169,3 +169,21 @@ def test_rounds_are_added_until_one_more_moves_no_ratio_by_more_than_the_bound()
                          max_rounds=6, within=0.02, timer=scripted({"gptcore": [1.0] * 12, "peer": swinging}))
     assert timing["rounds"] == 6 and not timing["settled"]  # the cap came first: said, not hidden
     assert last_round_moved({"a": [1.0], "b": [2.0]}, [("a", "b")]) == math.inf  # one round measures no move
+
+
+def test_every_option_of_every_command_says_what_it_does_and_its_default():
+    import argparse
+
+    from gptcore.cli import build_parser
+
+    (commands,) = [action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)]
+    assert all(listed.help for listed in commands._choices_actions)
+    for name, command in commands.choices.items():
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            where = f"gptcore {name} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help and action.help.strip(), f"{where} has no help"
+            if action.nargs != 0 and (action.option_strings or action.nargs == "?"):  # a value that can be left out
+                assert "default" in action.help, f"{where} does not say its default"
+        assert "%(default)" not in command.format_help()

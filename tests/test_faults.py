@@ -185,3 +185,31 @@ def test_two_processes_open_a_new_tracking_store_at_once(tmp_path):
         for process in processes:
             assert process.wait(timeout=120) == 0, process.stderr.read()
             process.stderr.close()
+
+
+def test_identical_files_become_one_and_stay_whole_when_a_name_goes(tmp_path, monkeypatch):
+    from gptcore.atomic import link_identical_files
+
+    model, logged = tmp_path / "models", tmp_path / "mlruns" / "artifacts" / "models"
+    for folder in (model, logged):
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"weights" * 1000)
+        (folder / "mlflow_run.json").write_text('{"run_id": "a"}' if folder == model else '{"run_id": "b"}')
+    (logged / "MLmodel").write_text("flavors: {}")
+    link_identical_files(model, tmp_path / "mlruns")
+    assert (logged / "model.safetensors").samefile(model / "model.safetensors")
+    assert not (logged / "mlflow_run.json").samefile(model / "mlflow_run.json")  # other bytes: left alone
+    assert sorted(p.name for p in logged.iterdir()) == ["MLmodel", "mlflow_run.json", "model.safetensors"]
+    atomic_write_text(model / "model.safetensors", "retrained")  # the workspace moves on: the logged one stays
+    assert (logged / "model.safetensors").read_bytes() == b"weights" * 1000
+
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "model.safetensors").write_text("retrained")
+
+    def other_file_system(source, target):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", other_file_system)
+    link_identical_files(model, tmp_path / "copy")  # no link possible: the copy stays, nothing left behind
+    assert [p.name for p in (tmp_path / "copy").iterdir()] == ["model.safetensors"]
+    assert (tmp_path / "copy" / "model.safetensors").stat().st_nlink == 1

@@ -3,6 +3,7 @@ lists the run, a queued grid runs two at a time into one store, data and models 
 remote."""
 
 import json
+import os
 import subprocess
 import time
 
@@ -11,6 +12,7 @@ import pytest
 
 from conftest import Server, free_port, http, make_project, mlflow_client, run, store_env
 from gptcore.cli import main
+from gptcore.tracking import RUN_FILE
 
 pytestmark = pytest.mark.slow
 PROMPT = "Every effort moves you"
@@ -47,10 +49,28 @@ def test_registered_model_loads_and_serves_the_text_of_gptcore_generate(project,
     port = free_port()
     serve = ["mlflow", "models", "serve", "-m", "models:/gptcore/latest", "--env-manager", "local",
              "-h", "127.0.0.1", "-p", str(port)]
+    too_long = " ".join(["effort"] * 40)  # 40 tokens: the tiny preset's context is 32
     with Server(serve, port, project, store_env(project)) as url:
         answer = http(f"{url}/invocations", {"dataframe_records": [{"prompt": PROMPT}],
                                              "params": {"max_new_tokens": 8, "seed": 5}})
+        refusals = [refusal(f"{url}/invocations", {"dataframe_records": [{"prompt": prompt}], "params": params})
+                    for prompt, params in (("", {}), (PROMPT, {"temperature": -3.0}), (too_long, {}))]
     assert answer == {"predictions": [{"text": expected}]}
+    for (status, body), reason in zip(refusals, ("prompt[0] is empty", "temperature = -3.0 is invalid",
+                                                 "longer than the model's context")):
+        assert status == 400 and reason in body["message"] and "stack_trace" not in body, body
+        assert "Traceback" not in json.dumps(body) and str(project) not in json.dumps(body)
+
+
+def refusal(url: str, body: dict) -> tuple[int, dict]:
+    """The HTTP status and JSON body of a request the server refuses."""
+    import urllib.error
+
+    try:
+        http(url, body)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read().decode())
+    raise AssertionError(f"{url} accepted {body}")
 
 
 def test_an_mlflow_server_lists_the_run_with_its_histories(project):
@@ -70,6 +90,28 @@ def test_an_mlflow_server_lists_the_run_with_its_histories(project):
             assert len(history) == points, metric
 
 
+def test_a_tracking_server_gets_a_real_upload_of_the_model(project, tmp_path, monkeypatch):
+    """Only a store on this file system holds hard links: through a server the files are uploaded."""
+    from gptcore.settings.tracking import TrackingConfig
+    from gptcore.tracking import Tracker
+
+    port = free_port()
+    stored = tmp_path / "server-artifacts"
+    server = ["mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+              "--artifacts-destination", str(stored), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    weights = project / "models" / "model.safetensors"
+    with Server(server, port, project, store_env(project)) as url:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        monkeypatch.setenv("DVC_ROOT", str(project))
+        tracker = Tracker.start(TrackingConfig(registered_model=None), "upload", {}, {})
+        tracker.log_model(project / "models", None, PROMPT)
+        tracker.finish()
+        assert "MLFLOW_REGISTRY_URI" not in os.environ  # the library left the process's MLflow set-up alone
+    (uploaded,) = stored.rglob("model.safetensors")
+    assert uploaded.read_bytes() == weights.read_bytes()
+    assert uploaded.stat().st_nlink == 1 and not uploaded.samefile(weights)
+
+
 def queue_report(project) -> str:
     """The queue's status and the end of the log of each experiment that failed or still runs."""
     status = run(["dvc", "queue", "status"], project)
@@ -79,7 +121,7 @@ def queue_report(project) -> str:
     return "\n".join([status, *logs])
 
 
-def test_a_queued_grid_runs_two_at_a_time_into_one_store(tmp_path):
+def test_a_queued_grid_runs_two_at_a_time_into_one_store(tmp_path, monkeypatch):
     """On a project with no MLflow store yet: the two workers also create the store and the experiment at the
     same time. The data stages run first, as the README says (two workers building the same stage race in
     DVC's run cache)."""
@@ -87,8 +129,9 @@ def test_a_queued_grid_runs_two_at_a_time_into_one_store(tmp_path):
     project = make_project(tmp_path / "grid")
     run(["dvc", "repro", "tokenize"], project)
     assert not (project / "mlruns").exists()
+    before = disk_use(project)
     grid = ["-S", "train.peak_lr=choice(3e-4,1e-3)", "-S", "train.seed=range(1,3)", "-S", "train.max_steps=12",
-            "-S", "train.eval_freq=6", "-S", "tracking.registered_model=null"]
+            "-S", "train.eval_freq=6"]
     run(["dvc", "exp", "run", "--queue", *grid], project)
     # the workers inherit the starting command's streams: captured, they would hold it until the last one exits
     with open(tmp_path / "queue-start.log", "w") as log:
@@ -119,6 +162,56 @@ def test_a_queued_grid_runs_two_at_a_time_into_one_store(tmp_path):
     for finished in runs:  # every step and the evaluate stage arrived, nothing lost to a locked database
         assert len(client.get_metric_history(finished.info.run_id, "train/loss")) == 12
         assert "evaluate/val_loss" in finished.data.metrics
+
+    # one copy of each model: the temporary copies, DVC's cache and MLflow's artifacts share the bytes
+    models = distinct_models(project)
+    assert len(models) == 4, models
+    # the workspace takes one of them, as `dvc exp apply` does for the root pipeline (the other pipelines'
+    # outputs, never run here, have no lock entries that apply could check out)
+    run(["git", "checkout", experiments[0]["revs"][0]["rev"], "--", "dvc.lock", "params.yaml"], project)
+    run(["dvc", "checkout", "dvc.yaml"], project)
+    added = disk_use(project) - before
+    model_bytes = sum(models.values())
+    print(f"grid of 4: {added / 2**20:.1f} MiB added for 4 models of {model_bytes / 4 / 2**20:.1f} MiB")
+    assert distinct_models(project) == models and model_bytes <= added <= model_bytes + 8 * 2**20
+
+    # every version loads, and one that is no longer in the workspace serves
+    import mlflow
+
+    versions = client.search_model_versions("name = 'gptcore'")
+    assert {v.run_id for v in versions} == {r.info.run_id for r in runs}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_env(project)["MLFLOW_TRACKING_URI"])
+    frame = pd.DataFrame({"prompt": [PROMPT]})
+    texts = {v.version: mlflow.pyfunc.load_model(f"models:/gptcore/{v.version}").predict(
+        frame, params={"max_new_tokens": 4, "temperature": 0.0})["text"][0] for v in versions}
+    applied = json.loads((project / "models" / RUN_FILE).read_text())["run_id"]
+    elsewhere = next(v.version for v in versions if v.run_id != applied)
+    port = free_port()
+    serve = ["mlflow", "models", "serve", "-m", f"models:/gptcore/{elsewhere}", "--env-manager", "local",
+             "-h", "127.0.0.1", "-p", str(port)]
+    with Server(serve, port, project, store_env(project)) as url:
+        answer = http(f"{url}/invocations", {"dataframe_records": [{"prompt": PROMPT}],
+                                             "params": {"max_new_tokens": 4, "temperature": 0.0}})
+    assert answer == {"predictions": [{"text": texts[elsewhere]}]}
+
+
+def disk_use(project) -> int:
+    """Bytes on disk of the whole project (workspace, .git, DVC's cache and temporary copies, the MLflow
+    store), as `du` counts them: a file with several hard links once."""
+    return int(run(["du", "-s", "-B1", "."], project).split()[0])
+
+
+def distinct_models(project) -> dict[str, int]:
+    """{sha256: size} of the model weights stored there, each checked to be stored once (one inode)."""
+    import hashlib
+
+    inodes: dict[str, set] = {}
+    for path in project.rglob("*"):
+        if path.is_file() and path.stat().st_size > 2**20 and path.name != "mlflow.db":
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            inodes.setdefault(digest, set()).add((path.stat().st_ino, path.stat().st_size))
+    assert all(len(stored) == 1 for stored in inodes.values()), inodes
+    return {digest: next(iter(stored))[1] for digest, stored in inodes.items()}
 
 
 def test_data_and_models_travel_through_a_dvc_remote(project, tmp_path, capsys):

@@ -79,6 +79,8 @@ def test_numbers_are_read_as_yaml_1_2_the_way_dvc_reads_them(tmp_path):
     ("generate", "top_p", 0, "> 0"),
     ("generate", "prompts", [], "non-empty list"),
     ("tracking", "on_unreachable", "retry", "'fail'"),
+    ("tracking", "registered_model", "a/b:c", "a name MLflow's model registry takes"),
+    ("classify", "registered_model", "../spam", "a name MLflow's model registry takes"),
 ])
 def test_bad_values_name_file_key_value_and_rule(section, key, value, allowed):
     params = copy.deepcopy(DEFAULT)
@@ -88,6 +90,23 @@ def test_bad_values_name_file_key_value_and_rule(section, key, value, allowed):
     message = str(error.value)
     assert message.startswith(f"params.yaml: {section}.{key} = {value!r} is invalid") and allowed in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["gptcore", "gpt2 small", "a/b:c", "a/b", "x:1", "..", "../up", ".", "a//b",
+                                  "a/./b", "/abs", "trailing/", " ", "", "a.b", "-v1_2"])
+def test_registered_model_names_are_those_mlflow_accepts(name):
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name
+
+    from gptcore.settings import rule
+    from gptcore.settings.tracking import TrackingConfig
+
+    try:
+        _validate_model_name(name)
+        accepted_by_mlflow = True
+    except MlflowException:
+        accepted_by_mlflow = False
+    assert rule(TrackingConfig.__dataclass_fields__["registered_model"]).accepts(name) == accepted_by_mlflow
 
 
 def test_unknown_keys_and_sections_are_named_and_renamed_keys_name_the_new_one():

@@ -8,6 +8,7 @@ gptcore.params builds the params.yaml schema, its comments and its defaults from
 """
 
 import math
+import posixpath
 import types
 import typing
 from dataclasses import MISSING, Field, dataclass, field, fields
@@ -20,7 +21,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 @dataclass(frozen=True)
 class Rule:
     """What a value must be: derived from the field's annotation and the bounds given to setting()."""
-    kind: str  # "int", "float", "bool", "str", "choice", "str_list", "sha256"
+    kind: str  # "int", "float", "bool", "str", "choice", "str_list", "sha256", "model_name"
     nullable: bool = False
     low: float | None = None  # inclusive unless low_open
     high: float | None = None
@@ -41,7 +42,9 @@ class Rule:
             text = f"{noun} {' and '.join(bounds)}".strip()
         else:
             text = {"bool": "true or false", "str": "a non-empty string", "sha256": "a 64-character hex sha256",
-                    "str_list": "a non-empty list of non-empty strings"}[self.kind]
+                    "str_list": "a non-empty list of non-empty strings",
+                    "model_name": "a name MLflow's model registry takes (no '/' or ':', not a path that "
+                                  "normalises to another)"}[self.kind]
         return text + (" or null" if self.nullable else "")
 
     def accepts(self, value) -> bool:
@@ -58,6 +61,10 @@ class Rule:
                 all(isinstance(v, str) and v.strip() for v in value)
         if self.kind == "sha256":
             return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
+        if self.kind == "model_name":  # the rules of mlflow.utils.validation._validate_model_name (mlflow is
+            # too slow to import where params are read); tests compare the two
+            return isinstance(value, str) and bool(value.strip()) and not set("/:") & set(value) and \
+                posixpath.normpath(value) == value and value != "." and not value.startswith("..")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return False
         if self.kind == "int" and not isinstance(value, int):
@@ -68,11 +75,12 @@ class Rule:
 
 
 def setting(default, doc: str, *, low=None, high=None, low_open=False, high_open=False, choices=(),
-            sha256=False) -> Field:
+            sha256=False, model_name=False) -> Field:
     """A documented, validated dataclass field. The kind comes from the annotation (int, float, bool,
-    str, list[str], `| None` for nullable); choices make a str a choice; sha256 a checksum."""
+    str, list[str], `| None` for nullable); choices make a str a choice; sha256 a checksum; model_name a
+    name in MLflow's model registry."""
     metadata = {"doc": doc, "bounds": dict(low=low, high=high, low_open=low_open, high_open=high_open),
-                "choices": tuple(choices), "sha256": sha256}
+                "choices": tuple(choices), "sha256": sha256, "model_name": model_name}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -89,6 +97,8 @@ def rule(definition: Field, nullable: bool | None = None) -> Rule:
         kind = "choice"
     elif meta["sha256"]:
         kind = "sha256"
+    elif meta["model_name"]:
+        kind = "model_name"
     else:
         kind = {int: "int", float: "float", bool: "bool", str: "str", list[str]: "str_list"}[base]
     return Rule(kind, is_optional if nullable is None else nullable, choices=meta["choices"], **meta["bounds"])
@@ -136,5 +146,6 @@ def check_split_ratios(instance, section: str, first: str, second: str, rest: st
                           "sum < 1")
 
 
-def registered_model_setting(name: str) -> Field:
-    return setting(name, "registered model name in MLflow; null = logged with the run, not registered")
+def registered_model_setting(name: str, doc: str = "registered model name in MLflow; null = logged with the "
+                                                  "run, not registered") -> Field:
+    return setting(name, doc, model_name=True)
