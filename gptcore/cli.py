@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
 import sys
 from pathlib import Path
 
-from .errors import GptcoreError
+from .errors import GptcoreError, renamed_keys
 from .settings import default, doc, rule
 from .settings.evaluate import EvaluateConfig
 from .settings.generate import GenerateConfig
@@ -88,8 +87,7 @@ def option_names(section: str):
     try:
         yield
     except GptcoreError as error:
-        message = re.sub(rf"\b{section}\.(\w+)", lambda key: "--" + key[1].replace("_", "-"), str(error))
-        raise type(error)(message) from None
+        raise type(error)(renamed_keys(error, section, lambda key: "--" + key.replace("_", "-"))) from None
 
 
 def cmd_eval(args) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import subprocess
 import time
 import warnings
@@ -25,7 +24,7 @@ from .callbacks import RECORD_KEYS, TrainerCallback
 from .plots import CURVES
 from .settings import rule
 from .settings.generate import GenerateConfig
-from .errors import GptcoreError
+from .errors import GptcoreError, renamed_keys
 from .settings.tracking import TrackingConfig
 
 RUN_FILE = "mlflow_run.json"
@@ -333,7 +332,7 @@ def request_errors(section: str | None = None):
     try:
         yield
     except GptcoreError as error:
-        message = re.sub(rf"\b{section}\.(\w+)", r"\1", str(error)) if section else str(error)
+        message = renamed_keys(error, section, str) if section else str(error)
         raise MlflowException(message, error_code=INVALID_PARAMETER_VALUE) from None
 
 
