@@ -129,7 +129,7 @@ class Tracker:
 
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         root = repo_root()
-        local_uri, artifact_root = local_store(root)
+        local_uri, _ = local_store(root)
         if uri:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -146,12 +146,19 @@ class Tracker:
                 uri = None
         if uri:
             return client, uri, cls.experiment_id(client, tracking.experiment, None), root
-        # Two processes opening a new SQLite store at once (`dvc queue start -j 2` on a fresh project) both
-        # create its tables and both create the experiment, and one of them fails: opening is serialised.
+        return *cls.open_local(root, tracking.experiment), root
+
+    @classmethod
+    def open_local(cls, root: Path, experiment: str) -> tuple:
+        """(client, tracking URI, experiment id) of the embedded store under root, the experiment created if
+        new. Two processes opening a new SQLite store at once (`dvc queue start -j 2` on a fresh project) both
+        create its tables and both create the experiment, and one of them fails: opening is serialised."""
+        from mlflow.tracking import MlflowClient
+
+        uri, artifact_root = local_store(root)
         with FileLock(root / "mlruns" / "mlflow.db.lock"):
-            client = MlflowClient(local_uri)
-            experiment_id = cls.experiment_id(client, tracking.experiment, f"{artifact_root}/{tracking.experiment}")
-        return client, local_uri, experiment_id, root
+            client = MlflowClient(uri)
+            return client, uri, cls.experiment_id(client, experiment, f"{artifact_root}/{experiment}")
 
     @staticmethod
     def experiment_id(client, name: str, artifact_location: str | None) -> str:
@@ -359,11 +366,9 @@ def serve_ui(experiment: str, host: str, port: int, open_browser: bool) -> None:
     import urllib.request
     import webbrowser
 
-    from mlflow.tracking import MlflowClient
-
-    uri, artifact_root = local_store(repo_root())
-    with FileLock(uri.removeprefix("sqlite:///") + ".lock"):
-        experiment_id = Tracker.experiment_id(MlflowClient(uri), experiment, f"{artifact_root}/{experiment}")
+    root = repo_root()
+    _, uri, experiment_id = Tracker.open_local(root, experiment)
+    _, artifact_root = local_store(root)
     base = f"http://{host}:{port}"
     server = subprocess.Popen(["mlflow", "ui", "--backend-store-uri", uri, "--default-artifact-root", artifact_root,
                                "--host", host, "--port", str(port)])
@@ -380,7 +385,7 @@ def serve_ui(experiment: str, host: str, port: int, open_browser: bool) -> None:
         else:
             raise TrackingUnavailable(f"mlflow ui exited ({server.returncode}); is port {port} free? (--port)")
         url = chart_view_url(base, experiment_id)
-        print(f"MLflow UI of {artifact_root.removeprefix('file://').removesuffix('/artifacts')}: {url}", flush=True)
+        print(f"MLflow UI of {root / 'mlruns'}: {url}", flush=True)
         if open_browser:
             webbrowser.open(url)
         server.wait()
