@@ -50,7 +50,7 @@ def reproduction_precision() -> str:
     import torch
 
     from gptcore.machine import cpu_model
-    from gptcore.runtime import fast_bf16
+    from gptcore.model.runtime import fast_bf16
 
     precision = committed_precision()
     if precision == "bf16" and not fast_bf16(torch.device("cpu")):

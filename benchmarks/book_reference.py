@@ -33,7 +33,7 @@ class PassOrder(torch.utils.data.Sampler):
     pass); the book's evaluations stop early inside a pass and leave the epoch as it is."""
 
     def __init__(self, length: int, seed: int, batch_size: int):
-        from gptcore.datasets import EpochSampler
+        from gptcore.data.loaders import EpochSampler
 
         self.epochs = EpochSampler(length, True, seed, batch_size)
 
@@ -51,8 +51,8 @@ def main() -> None:
     from llms_from_scratch.ch04 import GPTModel
     from llms_from_scratch.ch05 import calc_loss_loader, train_model_simple
 
+    from gptcore.model.tokenizer import Tokenizer
     from gptcore.params import load_params
-    from gptcore.tokenizer import Tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")

@@ -23,20 +23,21 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from gptcore.checkpoint import load_model
-from gptcore.classifier import Classification, EncodedSplit, SequenceClassifier, attach_head, classify, freeze, score
-from gptcore.datasets import make_dataloader
-from gptcore.finetune import encode_splits
-from gptcore.labelled import SPLITS, prepare_labelled, read_split
-from gptcore.lfs import book_model
-from gptcore.lora import apply_lora
+from gptcore.data.labelled import SPLITS, prepare_labelled, read_split
+from gptcore.data.loaders import make_dataloader
+from gptcore.formats.book import book_model
+from gptcore.formats.loading import load_model
 from gptcore.machine import cpu_model
-from gptcore.runtime import setup_runtime
+from gptcore.model.lora import apply_lora
+from gptcore.model.runtime import setup_runtime
+from gptcore.model.tokenizer import Tokenizer
+from gptcore.pipelines.classify import encode_splits
 from gptcore.settings.classify import CLASSIFY_TRAIN_DEFAULTS, ClassifyConfig
 from gptcore.settings.lora import LoraConfig
 from gptcore.settings.train import TrainConfig
-from gptcore.tokenizer import Tokenizer
-from gptcore.trainer import Trainer
+from gptcore.tasks.classification import (Classification, EncodedSplit, SequenceClassifier, attach_head, classify,
+                                          freeze, score)
+from gptcore.training.trainer import Trainer
 
 
 def book_classifier(base, lora: bool):

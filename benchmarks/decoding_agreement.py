@@ -20,12 +20,12 @@ import time
 import torch
 
 from gptcore.bench import greedy, interleaved, machine
-from gptcore.checkpoint import load_model
-from gptcore.inference import greedy_agreement, next_token_agreement, prepare_for_inference
+from gptcore.data.token_files import load_tokens
+from gptcore.formats.loading import load_model
+from gptcore.model.inference import greedy_agreement, next_token_agreement, prepare_for_inference
+from gptcore.model.runtime import setup_runtime
+from gptcore.model.tokenizer import Tokenizer
 from gptcore.params import load_params
-from gptcore.runtime import setup_runtime
-from gptcore.token_files import load_tokens
-from gptcore.tokenizer import Tokenizer
 
 
 def main() -> None:

@@ -37,15 +37,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptcore.bench import (MAX_ROUNDS, MIN_ROUNDS, flops_per_token, format_table, matmul_peak, nanogpt_twin,
-                           run_benchmark)
-from gptcore.callbacks import TrainerCallback
-from gptcore.datasets import RandomWindows
-from gptcore.model import GPT, ModelConfig
-from gptcore.sampling import generate
+from gptcore.bench import SCHEDULE, flops_per_token, format_table, matmul_peak, nanogpt_twin, run_benchmark
+from gptcore.data.loaders import RandomWindows
+from gptcore.model.gpt import GPT, ModelConfig
+from gptcore.model.sampling import generate
 from gptcore.settings.train import TrainConfig
-from gptcore.tasks import LanguageModeling
-from gptcore.trainer import Trainer, TrainingInterrupted
+from gptcore.tasks.language_modeling import LanguageModeling
+from gptcore.training.callbacks import TrainerCallback
+from gptcore.training.trainer import Trainer, TrainingInterrupted
 
 SMALL = dict(n_layers=4, n_heads=4, emb_dim=256, context_length=128)
 
@@ -185,7 +184,8 @@ def loop_throughput(model, config: ModelConfig, device: str, compile_model: bool
 
 
 def side_by_side(device: str, nanogpt: Path | None, *, preset: str = "gpt2-small", context: int = 1024,
-                 rounds: int = MIN_ROUNDS, max_rounds: int = MAX_ROUNDS, precisions=("fp32", "bf16")) -> dict:
+                 rounds: int = SCHEDULE.rounds, max_rounds: int = SCHEDULE.max_rounds,
+                 precisions=("fp32", "bf16")) -> dict:
     """`gptcore bench`'s side-by-side rows on this device, without MLflow (a bare GPU machine has none)."""
     return run_benchmark((context,), rounds=rounds, max_rounds=max_rounds, device_name=device, tokenize_mb=0,
                          precisions=precisions, preset=preset, nanogpt=nanogpt, tracking=False)

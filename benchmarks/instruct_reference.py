@@ -25,17 +25,18 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from gptcore.checkpoint import load_model
-from gptcore.datasets import EpochSampler, LengthGroupedSampler
-from gptcore.instruct import InstructionTuning, Template, encode_entries, padding_share, prepare_instructions, read_split
-from gptcore.lfs import book_model
+from gptcore.data.instructions import prepare_instructions, read_split
+from gptcore.data.loaders import EpochSampler, LengthGroupedSampler
+from gptcore.formats.book import book_model
+from gptcore.formats.loading import load_model
 from gptcore.machine import cpu_model
-from gptcore.runtime import setup_runtime
-from gptcore.sampling import generate_batched, new_token_budget
+from gptcore.model.runtime import setup_runtime
+from gptcore.model.sampling import generate_batched, new_token_budget
+from gptcore.model.tokenizer import Tokenizer
 from gptcore.settings.instruct import INSTRUCT_TRAIN_DEFAULTS, InstructConfig
 from gptcore.settings.train import TrainConfig
-from gptcore.tokenizer import Tokenizer
-from gptcore.trainer import Trainer
+from gptcore.tasks.instruction_tuning import InstructionTuning, Template, encode_entries, padding_share
+from gptcore.training.trainer import Trainer
 
 
 def book_loaders(encoded: dict, mask_prompt: bool, limit: int, train_entries: int):

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import torch
 
-from gptcore.checkpoint import load_model
-from gptcore.corpus import locate_file
-from gptcore.harness import run_harness
-from gptcore.hf import export_hf
+from gptcore.data.corpus import locate_file
+from gptcore.evaluation.harness import run_harness
+from gptcore.evaluation.zero_shot import load_task, score_requests
+from gptcore.formats.huggingface import export_hf
+from gptcore.formats.loading import load_model
 from gptcore.machine import cpu_model
-from gptcore.runtime import setup_runtime
+from gptcore.model.runtime import setup_runtime
+from gptcore.model.tokenizer import Tokenizer
 from gptcore.settings.zero_shot import ZeroShotConfig
-from gptcore.tokenizer import Tokenizer
-from gptcore.zero_shot import load_task, score_requests
 
 
 def main() -> None:

@@ -2,8 +2,8 @@
 
 Variants are interleaved (each timed round runs every variant once) so that noise from a shared
 machine hits all alike. After a warm-up round, rounds are added until one more round moves no ratio
-by more than SETTLED_WITHIN (at least MIN_ROUNDS, at most MAX_ROUNDS); a ratio is the median over rounds
-of the paired per-round ratio, given with its minimum and maximum, and every round is kept. Results are
+by more than settled_within (at least `rounds`, at most `max_rounds`: gptcore.settings.bench); a ratio is
+the median over rounds of the paired per-round ratio, given with its minimum and maximum, and every round is kept. Results are
 ratios measured together, never absolute times from different runs. MFU divides by the fastest matmul
 measured here, over square sizes and the model's own GEMM shapes; one above 100 % is refused.
 """
@@ -27,11 +27,14 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
-from .inference import prepare_for_inference, weights_on
-from .model import GPT, ModelConfig
-from .runtime import Runtime, fast_bf16, setup_runtime
-from .sampling import generate
+from .model.gpt import GPT, ModelConfig
+from .model.inference import prepare_for_inference, weights_on
+from .model.runtime import Runtime, fast_bf16, setup_runtime
+from .model.sampling import generate
+from .settings.bench import BenchConfig
 from .settings.model import EOT_ID, VOCAB_SIZE
+
+SCHEDULE = BenchConfig()  # the defaults of `gptcore bench --rounds --max-rounds --settled-within`
 
 
 def timed(fn, device) -> float:
@@ -44,10 +47,6 @@ def timed(fn, device) -> float:
     return time.perf_counter() - started
 
 
-# rounds are added until one more round moves no ratio by more than this share ...
-SETTLED_WITHIN = 0.02
-# ... after at least this many timed rounds, and at most this many
-MIN_ROUNDS, MAX_ROUNDS = 3, 10
 
 
 def paired_ratios(seconds: dict, pairs, rounds: int | None = None) -> dict:
@@ -69,8 +68,8 @@ def last_round_moved(seconds: dict, pairs) -> float:
     return max(abs(statistics.median(after[pair]) / statistics.median(before[pair]) - 1) for pair in pairs)
 
 
-def interleaved(variants: dict, device, *, pairs=(), min_rounds: int = MIN_ROUNDS, max_rounds: int = MAX_ROUNDS,
-                within: float = SETTLED_WITHIN, timer=timed) -> dict:
+def interleaved(variants: dict, device, *, pairs=(), min_rounds: int = SCHEDULE.rounds,
+                max_rounds: int = SCHEDULE.max_rounds, within: float = SCHEDULE.settled_within, timer=timed) -> dict:
     """Every variant in turn per round, a warm-up round first (not kept), then at least min_rounds rounds and
     more until the last one moved no pair's median ratio by more than `within` (at most max_rounds).
 
@@ -150,7 +149,7 @@ def hf_twin(model: GPT):
     """An HF GPT2LMHeadModel with the same config and the same weights (so work and outputs match)."""
     import transformers
 
-    from .hf import hf_config_from, hf_state_dict_from
+    from .formats.huggingface import hf_config_from, hf_state_dict_from
 
     hf_config = {k: v for k, v in hf_config_from(model.config).items() if k not in ("model_type", "architectures")}
     twin = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config))
@@ -332,8 +331,8 @@ def bench_tokenization(corpus: Path, megabytes: int, rows: list):
                 out.write(text)
                 written += len(text.encode("utf-8"))
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through fork and exec
-        code = ("import json,sys,time; from gptcore.token_files import tokenize_file;"
-                "from gptcore.tokenizer import Tokenizer; t=Tokenizer(); s=time.perf_counter();"
+        code = ("import json,sys,time; from gptcore.data.token_files import tokenize_file;"
+                "from gptcore.model.tokenizer import Tokenizer; t=Tokenizer(); s=time.perf_counter();"
                 "n=tokenize_file(sys.argv[1], sys.argv[2], t, progress=False);"
                 "hwm=[l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1];"
                 "print(json.dumps({'tokens': n, 'seconds': time.perf_counter()-s, 'rss_mb': int(hwm)/1024}))")
@@ -352,7 +351,8 @@ def bench_tracking(rounds: int, step_seconds: float, rows: list):
 
     from .settings import default
     from .settings.tracking import TrackingConfig
-    from .tracking import Tracker, TrackingCallback
+    from .tracking.metrics import TrackingCallback
+    from .tracking.runs import Tracker
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["DVC_ROOT"], previous = tmp, os.environ.get("DVC_ROOT")
@@ -399,18 +399,19 @@ def machine(runtime: Runtime) -> str:
     return f"{name}; torch {torch.__version__}; CPU capability {torch.backends.cpu.get_cpu_capability()}"
 
 
-def run_benchmark(contexts=(256, 1024), *, rounds: int = MIN_ROUNDS, max_rounds: int = MAX_ROUNDS,
-                  device_name: str = "auto", tokenize_mb: int = 20, corpus: Path | None = None, precisions=None,
+def run_benchmark(contexts=(256, 1024), *, rounds: int = SCHEDULE.rounds, max_rounds: int = SCHEDULE.max_rounds,
+                  settled_within: float = SCHEDULE.settled_within, device_name: str = "auto", tokenize_mb: int = 20, corpus: Path | None = None, precisions=None,
                   preset: str = "gpt2-small", nanogpt: Path | None = None, tracking: bool = True) -> dict:
     """The side-by-side rows per context (batch 512 tokens on the CPU, 16,384 on a GPU), greedy decoding at the
     first context, the MLflow tracking cost (tracking=False: without MLflow, as on a bare GPU machine) and
-    tokenization (given a corpus). Each timing runs at least `rounds` rounds, at most max_rounds."""
+    tokenization (given a corpus). Each timing runs at least `rounds` rounds, at most max_rounds, and stops
+    earlier once one more round moves no paired ratio by more than settled_within."""
     runtime = setup_runtime(device_name, "fp32")
     device = runtime.device
     if precisions is None:  # bf16 only where it runs in hardware: emulated bf16 is ~40x slower here
         precisions = ("fp32", "bf16") if fast_bf16(device) else ("fp32",)
     squares = {p: matmul_peak(torch.float32 if p == "fp32" else torch.bfloat16, device) for p in ("fp32", "bf16")}
-    schedule = {"min_rounds": rounds, "max_rounds": max(rounds, max_rounds)}
+    schedule = {"min_rounds": rounds, "max_rounds": max(rounds, max_rounds), "within": settled_within}
     rows: list[dict] = []
     for context in contexts:
         batch = max(1, 512 // context) if device.type == "cpu" else max(1, 16384 // context)
@@ -424,7 +425,7 @@ def run_benchmark(contexts=(256, 1024), *, rounds: int = MIN_ROUNDS, max_rounds:
         bench_tracking(rounds, step["batch"] * step["context"] / step["tokens_per_s"], rows)
     if corpus is not None and tokenize_mb:
         bench_tokenization(corpus, tokenize_mb, rows)
-    return {"machine": machine(runtime), "device": device.type, "rounds": schedule, "settled_within": SETTLED_WITHIN,
+    return {"machine": machine(runtime), "device": device.type, "rounds": schedule, "settled_within": settled_within,
             "preset": preset, "square_matmul_peak": {k: {"tflops": v["flops"] / 1e12, "shape": v["shape"],
                                                          "rates_tflops": {s: r / 1e12 for s, r in v["rates"].items()}}
                                                      for k, v in squares.items()},

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from .errors import GptcoreError, renamed_keys
 from .settings import default, doc, rule
+from .settings.bench import BenchConfig
 from .settings.evaluate import EvaluateConfig
 from .settings.generate import GenerateConfig
 from .settings.tracking import TrackingConfig
@@ -17,6 +19,8 @@ from .settings.zero_shot import ZeroShotConfig
 
 # the generate section's settings that are also options of `gptcore generate` (its prompt is an argument)
 SAMPLER_OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "device", "weights")
+# the benchmark's schedule, all of it options of `gptcore bench`
+BENCH_OPTIONS = ("rounds", "max_rounds", "settled_within")
 # the zero_shot and evaluate settings that are options of `gptcore eval` (its --tasks is a comma-separated list)
 ZERO_SHOT_OPTIONS = ("limit", "batch_size", "lambada_source", "lambada_sha256", "hellaswag_source",
                      "hellaswag_sha256", "hellaswag_context")
@@ -25,7 +29,7 @@ RUNTIME_OPTIONS = ("precision", "device")
 
 def load_any(args):
     """args.model: a gptcore model folder, an HF GPT-2 folder, a book file (model.pth) or an official name."""
-    from .checkpoint import load_model
+    from .formats.loading import load_model
 
     return load_model(args.model, n_heads=args.n_heads)
 
@@ -33,10 +37,10 @@ def load_any(args):
 def cmd_generate(args) -> None:
     import torch
 
-    from .inference import prepare_for_inference
-    from .runtime import setup_runtime
-    from .sampling import check_prompt, generate
-    from .tokenizer import Tokenizer
+    from .model.inference import prepare_for_inference
+    from .model.runtime import setup_runtime
+    from .model.sampling import check_prompt, generate
+    from .model.tokenizer import Tokenizer
 
     settings = GenerateConfig(stop_at_eos=not args.no_eos, **{name: getattr(args, name) for name in SAMPLER_OPTIONS})
     runtime = setup_runtime(settings.device, "fp32")
@@ -61,9 +65,9 @@ def cmd_generate(args) -> None:
 
 
 def cmd_classify(args) -> None:
-    from .classifier import classify, load_classifier
-    from .runtime import setup_runtime
-    from .tokenizer import Tokenizer
+    from .model.runtime import setup_runtime
+    from .model.tokenizer import Tokenizer
+    from .tasks.classification import classify, load_classifier
 
     classifier, info = load_classifier(args.model)
     (result,) = classify(classifier, info, [args.text], Tokenizer(), setup_runtime("cpu", "fp32"))
@@ -71,9 +75,9 @@ def cmd_classify(args) -> None:
 
 
 def cmd_instruct(args) -> None:
-    from .instruct import answer, load_instruct_model
-    from .runtime import setup_runtime
-    from .tokenizer import Tokenizer
+    from .model.runtime import setup_runtime
+    from .model.tokenizer import Tokenizer
+    from .tasks.instruction_tuning import answer, load_instruct_model
 
     model, template, info = load_instruct_model(args.model)
     (response,) = answer(model, template, info, [{"instruction": args.instruction, "input": args.input}], Tokenizer(),
@@ -92,9 +96,9 @@ def option_names(section: str):
 
 def cmd_eval(args) -> None:
     from .atomic import atomic_write_text
-    from .runtime import setup_runtime
-    from .tokenizer import Tokenizer
-    from .zero_shot import evaluate_tasks, format_results, load_tasks, warn_of_cuts
+    from .evaluation.zero_shot import evaluate_tasks, format_results, load_tasks, warn_of_cuts
+    from .model.runtime import setup_runtime
+    from .model.tokenizer import Tokenizer
 
     names = [name.strip() for name in args.tasks.split(",") if name.strip()]
     with option_names("zero_shot"):
@@ -114,9 +118,10 @@ def cmd_bench(args) -> None:
     from .atomic import atomic_write_text
     from .bench import format_table, run_benchmark
 
-    schedule = {name: value for name, value in (("rounds", args.rounds), ("max_rounds", args.max_rounds))
-                if value is not None}
-    result = run_benchmark(tuple(args.context), **schedule, device_name=args.device, tokenize_mb=args.tokenize_mb, corpus=Path(args.corpus) if args.corpus else None,
+    with option_names("bench"):  # checked before any work
+        schedule = BenchConfig(**{name: getattr(args, name) for name in BENCH_OPTIONS})
+    result = run_benchmark(tuple(args.context), **dataclasses.asdict(schedule), device_name=args.device,
+                           tokenize_mb=args.tokenize_mb, corpus=Path(args.corpus) if args.corpus else None,
                            precisions=tuple(args.precision) if args.precision else None, nanogpt=args.nanogpt)
     print(format_table(result))
     atomic_write_text(args.json, json.dumps(result, indent=2))
@@ -124,7 +129,7 @@ def cmd_bench(args) -> None:
 
 
 def cmd_export_hf(args) -> None:
-    from .hf import export_hf
+    from .formats.huggingface import export_hf
 
     folder = export_hf(load_any(args), args.out)
     print(f"wrote {folder}/config.json and {folder}/model.safetensors (load with "
@@ -132,7 +137,7 @@ def cmd_export_hf(args) -> None:
 
 
 def cmd_export_lfs(args) -> None:
-    from .lfs import export_lfs
+    from .formats.book import export_lfs
 
     path = export_lfs(load_any(args), args.out)
     print(f"wrote {path} (in the book's notebooks: model = GPTModel(cfg); "
@@ -152,7 +157,8 @@ MODEL_HELP = ("gptcore model folder, HF GPT-2 folder, the book's model.pth or an
 
 def cmd_ui(args) -> None:
     from .params import load_params
-    from .tracking import repo_root, serve_ui
+    from .tracking.runs import repo_root
+    from .tracking.ui import serve_ui
 
     params_file = repo_root() / "params.yaml"
     experiment = args.experiment or (load_params(params_file).tracking.experiment if params_file.is_file()
@@ -222,11 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmark gptcore against Hugging Face GPT-2 on this machine")
     bench.add_argument("--context", type=int, nargs="+", default=[256, 1024],
                        help="the context lengths (tokens) to time training and inference at (default: 256 1024)")
-    bench.add_argument("--rounds", type=int, default=None,
-                       help="at least this many timed rounds of every variant, interleaved, after a warm-up round; "
-                            "more until one more moves no ratio by more than 2 %% (default: gptcore.bench.MIN_ROUNDS)")
-    bench.add_argument("--max-rounds", type=int, default=None, help="at most this many (default: "
-                                                                    "gptcore.bench.MAX_ROUNDS)")
+    add_setting_options(bench, BenchConfig, BENCH_OPTIONS)
     bench.add_argument("--device", default="auto", help="cpu, cuda, mps or auto: cuda, then mps, then cpu "
                                                          "(default: %(default)s)")
     bench.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=None,

@@ -1,14 +1,14 @@
 """Stage evaluate: <models> + <tokens> -> <metrics> (eval.json: loss and perplexity of each split, the zero-shot
 tasks' metrics), <speed>."""
 
-from gptcore import pipeline
-from gptcore.stage import run_stage, stage_arguments
-from gptcore.zero_shot import format_results
+from gptcore.pipelines import pretrain
+from gptcore.pipelines.stage import run_stage, stage_arguments
+from gptcore.evaluation.zero_shot import format_results
 
 
 def main() -> None:
     args, params = stage_arguments(__doc__, "models", "tokens", "metrics", "speed")
-    metrics, zero_shot = pipeline.evaluate(params, model_dir=args.models, tokens_dir=args.tokens,
+    metrics, zero_shot = pretrain.evaluate(params, model_dir=args.models, tokens_dir=args.tokens,
                                            metrics_file=args.metrics, speed_file=args.speed)
     if zero_shot:
         print(format_results(zero_shot))

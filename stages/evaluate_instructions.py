@@ -2,13 +2,13 @@
 loss and perplexity on its response tokens, ROUGE-L, the judge's score when judge.enabled), <scores> (per
 entry)."""
 
-from gptcore import finetune
-from gptcore.stage import run_stage, stage_arguments
+from gptcore.pipelines import instruct
+from gptcore.pipelines.stage import run_stage, stage_arguments
 
 
 def main() -> None:
     args, params = stage_arguments(__doc__, "model", "splits", "responses", "metrics", "scores")
-    metrics = finetune.evaluate_instructions(params, splits_dir=args.splits, model_dir=args.model,
+    metrics = instruct.evaluate_instructions(params, splits_dir=args.splits, model_dir=args.model,
                                              responses_dir=args.responses, metrics_file=args.metrics,
                                              scores_file=args.scores)
     judged = f", judge score {metrics['judge_score']:.2f}" if "judge_score" in metrics else ""

@@ -3,10 +3,10 @@
 (<task>_eval.csv, and the classifier's accuracies). A killed stage continues from its last checkpoint
 (<repo>/checkpoints/<task>-<run key>/) on the next run."""
 
-from gptcore import finetune
-from gptcore.stage import run_stage, stage_arguments
+from gptcore.pipelines import classify, instruct
+from gptcore.pipelines.stage import run_stage, stage_arguments
 
-FINETUNE = {"classify": finetune.finetune_classifier, "instruct": finetune.finetune_instructions}
+FINETUNE = {"classify": classify.finetune_classifier, "instruct": instruct.finetune_instructions}
 REPORTED = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
 
 

@@ -1,7 +1,7 @@
 """Stage prepare: corpus source (params `data`) -> <out>/{train,val}.txt + checksums.json."""
 
-from gptcore.corpus import prepare_data
-from gptcore.stage import run_stage, stage_arguments
+from gptcore.data.corpus import prepare_data
+from gptcore.pipelines.stage import run_stage, stage_arguments
 
 
 def main() -> None:

@@ -2,19 +2,18 @@
 table of params `classify`; instruct: the instruction entries of `instruct`) -> <out>/{train,validation,test}
 + meta.json."""
 
-import importlib
+from gptcore.data.instructions import prepare_instructions
+from gptcore.data.labelled import prepare_labelled
+from gptcore.pipelines.stage import run_stage, stage_arguments
 
-from gptcore.stage import run_stage, stage_arguments
-
-# task -> (module, function, what meta.json counts); imported when chosen: the classifier's needs no torch
-PREPARE = {"classify": ("gptcore.labelled", "prepare_labelled", "rows"),
-           "instruct": ("gptcore.instruct", "prepare_instructions", "entries")}
+# task -> (what prepares its data, what meta.json counts)
+PREPARE = {"classify": (prepare_labelled, "rows"), "instruct": (prepare_instructions, "entries")}
 
 
 def main() -> None:
     args, params = stage_arguments(__doc__, "out", choices={"task": tuple(PREPARE)})
-    module, function, counted = PREPARE[args.task]
-    meta = getattr(importlib.import_module(module), function)(getattr(params, args.task), args.out)
+    prepare, counted = PREPARE[args.task]
+    meta = prepare(getattr(params, args.task), args.out)
     counts = ", ".join(f"{count:,} {name}" for name, count in meta[counted].items())
     print(f"prepared {counts} {counted} -> {args.out}")
 

@@ -1,7 +1,7 @@
 """Stage tokenize: <prepared>/{train,val}.txt -> <out>/{train,val}.bin (uint16 GPT-2 BPE) + meta.json."""
 
-from gptcore.stage import run_stage, stage_arguments
-from gptcore.token_files import tokenize_splits
+from gptcore.pipelines.stage import run_stage, stage_arguments
+from gptcore.data.token_files import tokenize_splits
 
 
 def main() -> None:

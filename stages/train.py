@@ -8,15 +8,16 @@ checkpoint (<repo>/checkpoints/<run key>/, git-ignored) on the next `dvc repro`.
 
 import sys
 
-from gptcore import distributed, pipeline
-from gptcore.stage import run_stage, stage_arguments
+from gptcore.pipelines import pretrain
+from gptcore.pipelines.stage import run_stage, stage_arguments
+from gptcore.training import distributed
 
 
 def main() -> None:
     args, params = stage_arguments(__doc__, "tokens", "models", "metrics", "speed", "plots")
     if params.train.nproc > 1 and not distributed.launched_by_torchrun():
         sys.exit(distributed.run_with_torchrun(params.train.nproc, params.train.device, __file__, sys.argv[1:]))
-    metrics = pipeline.train(params, tokens_dir=args.tokens, model_dir=args.models, metrics_file=args.metrics,
+    metrics = pretrain.train(params, tokens_dir=args.tokens, model_dir=args.models, metrics_file=args.metrics,
                              speed_file=args.speed, plots_dir=args.plots)
     if metrics:
         print(f"trained {metrics['steps']} steps: train loss {metrics['train_loss']:.3f}, validation loss "

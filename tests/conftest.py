@@ -31,7 +31,7 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    from gptcore.runtime import AUTO_PRECISION_ENV
+    from gptcore.model.runtime import AUTO_PRECISION_ENV
 
     forced = config.getoption("--auto-precision")
     if forced:
@@ -40,14 +40,14 @@ def pytest_configure(config):
 
 def pytest_report_header(config):
     from gptcore.machine import cpu_model
-    from gptcore.runtime import AUTO_PRECISION_ENV, resolve_precision
+    from gptcore.model.runtime import AUTO_PRECISION_ENV, resolve_precision
 
     return (f"cpu: {cpu_model()}; precision auto -> {resolve_precision('auto', torch.device('cpu'))}"
             f" ({AUTO_PRECISION_ENV}={os.environ.get(AUTO_PRECISION_ENV, '')})")
 
 
 def native_bf16() -> bool:
-    from gptcore.runtime import fast_bf16
+    from gptcore.model.runtime import fast_bf16
 
     return fast_bf16(torch.device("cpu"))
 
@@ -107,7 +107,7 @@ def shared_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from gptcore.tokenizer import Tokenizer
+    from gptcore.model.tokenizer import Tokenizer
 
     return Tokenizer()
 
@@ -167,8 +167,8 @@ class Server:
 
 def interrupt_at(trainer, step: int):
     """Run trainer until `step`, then stop it there as SIGTERM does (a checkpoint is saved)."""
-    from gptcore.callbacks import TrainerCallback
-    from gptcore.trainer import TrainingInterrupted
+    from gptcore.training.callbacks import TrainerCallback
+    from gptcore.training.trainer import TrainingInterrupted
 
     class StopAt(TrainerCallback):
         def on_step(self, record):

@@ -13,17 +13,18 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from gptcore.checkpoint import initialize_model, load_model, save_model
 from gptcore.cli import main
-from gptcore.corpus import prepare_corpus, resolve_sources
-from gptcore.lfs import LfsFormatError, export_lfs, lfs_state_dict, load_lfs
-from gptcore.model import GPT, ModelConfig
-from gptcore.sampling import generate
+from gptcore.data.corpus import prepare_corpus, resolve_sources
+from gptcore.data.token_files import load_tokens, tokenize_splits
+from gptcore.formats.book import LfsFormatError, export_lfs, lfs_state_dict, load_lfs
+from gptcore.formats.loading import initialize_model, load_model
+from gptcore.formats.model_folder import save_model
+from gptcore.model.gpt import GPT, ModelConfig
+from gptcore.model.sampling import generate
 from gptcore.settings.data import VERDICT_SHA256, VERDICT_URL
 from gptcore.settings.train import TrainConfig
-from gptcore.token_files import load_tokens, tokenize_splits
-from gptcore.tasks import LanguageModeling
-from gptcore.trainer import Trainer
+from gptcore.tasks.language_modeling import LanguageModeling
+from gptcore.training.trainer import Trainer
 
 pytest.importorskip("llms_from_scratch", reason="the book's package: pip install --no-deps llms-from-scratch")
 from llms_from_scratch.appendix_d import train_model  # noqa: E402
@@ -136,7 +137,7 @@ def test_a_pickle_carrying_code_or_a_tensor_that_does_not_map_is_refused(tmp_pat
 
 
 def test_init_from_a_file_that_is_no_state_dict_is_one_short_line(tmp_path):
-    from gptcore.checkpoint import initialize_model
+    from gptcore.formats.loading import initialize_model
 
     (tmp_path / "hostname").write_text("build-host\n")
     with pytest.raises(LfsFormatError) as error:

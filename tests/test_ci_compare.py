@@ -36,11 +36,11 @@ def workspace(tmp_path, monkeypatch):
 def test_bf16_metrics_on_a_machine_that_emulates_bf16_are_reproduced_in_fp32_and_said_so(workspace, monkeypatch,
                                                                                        capsys):
     workspace(metrics("bf16", 2.0), {})
-    monkeypatch.setattr("gptcore.runtime.fast_bf16", lambda device: False)
+    monkeypatch.setattr("gptcore.model.runtime.fast_bf16", lambda device: False)
     assert compare_metrics.reproduction_precision() == "fp32"
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "made in bf16 on Some CPU" in line and "compares only steps, tokens_seen, parameters" in line
-    monkeypatch.setattr("gptcore.runtime.fast_bf16", lambda device: True)
+    monkeypatch.setattr("gptcore.model.runtime.fast_bf16", lambda device: True)
     assert compare_metrics.reproduction_precision() == "bf16"
     workspace(metrics("fp32", 2.0), {})
     assert compare_metrics.reproduction_precision() == "fp32"

@@ -15,17 +15,17 @@ from conftest import interrupt_at
 import torch
 from torch.utils.data import DataLoader
 
-from gptcore.classifier import (Classification, attach_head, classify, encode_split, frozen_blocks,
-                                load_classifier, save_classifier, token_length)
+from gptcore.data.labelled import prepare_labelled, read_split
 from gptcore.errors import ConfigError, GptcoreError
-from gptcore.labelled import prepare_labelled, read_split
-from gptcore.lora import apply_lora
-from gptcore.model import GPT, ModelConfig
-from gptcore.runtime import setup_runtime
+from gptcore.model.gpt import GPT, ModelConfig
+from gptcore.model.lora import apply_lora
+from gptcore.model.runtime import setup_runtime
 from gptcore.settings.classify import CLASSIFY_TRAIN_DEFAULTS, ClassifyConfig
 from gptcore.settings.lora import LoraConfig
 from gptcore.settings.train import TrainConfig
-from gptcore.trainer import Trainer
+from gptcore.tasks.classification import (Classification, attach_head, classify, encode_split, frozen_blocks,
+                                          load_classifier, save_classifier, token_length)
+from gptcore.training.trainer import Trainer
 
 pytest.importorskip("llms_from_scratch", reason="the book's package: pip install --no-deps llms-from-scratch")
 from llms_from_scratch.ch06 import (SpamDataset, classify_review, create_balanced_dataset, random_split,  # noqa: E402
@@ -149,7 +149,7 @@ def test_classify_answers_as_the_books_classify_review(splits, tmp_path, tokeniz
 
 @pytest.mark.parametrize("save", ["merged", "adapter"])
 def test_a_lora_classifier_saved_merged_or_as_an_adapter_loads_to_the_same_logits(tmp_path, save):
-    from gptcore.checkpoint import save_model
+    from gptcore.formats.model_folder import save_model
 
     torch.manual_seed(0)
     base = GPT(ModelConfig(**TINY, tie_embeddings=False))
@@ -162,7 +162,7 @@ def test_a_lora_classifier_saved_merged_or_as_an_adapter_loads_to_the_same_logit
             if "lora_B" in name:
                 parameter.normal_()  # trained adapters: B is no longer zero
     idx = torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(1))
-    from gptcore.classifier import SequenceClassifier
+    from gptcore.tasks.classification import SequenceClassifier
 
     expected = SequenceClassifier(model.eval())(idx)[0]
     info = {"labels": ["a", "b", "c"], "position": "last", "max_length": 16, "pad_id": 50256}
@@ -208,9 +208,10 @@ def test_a_file_that_is_not_the_declared_table_and_a_bad_split_are_refused(tmp_p
 def test_language_model_lora_trains_only_the_adapters_and_loads_back_either_way(tmp_path, save):
     import numpy as np
 
-    from gptcore.checkpoint import load_model, save_model
-    from gptcore.lora import save_trained
-    from gptcore.tasks import LanguageModeling
+    from gptcore.formats.adapters import save_trained
+    from gptcore.formats.loading import load_model
+    from gptcore.formats.model_folder import save_model
+    from gptcore.tasks.language_modeling import LanguageModeling
 
     torch.manual_seed(0)
     save_model(GPT(ModelConfig(**TINY, tie_embeddings=False)), tmp_path / "base")
@@ -253,7 +254,7 @@ def test_a_stopped_classifier_run_resumes_to_bitwise_the_same_weights(splits, tm
 
 
 def test_a_training_split_smaller_than_one_step_is_refused_in_one_line():
-    from gptcore.classifier import check_rows
+    from gptcore.tasks.classification import check_rows
 
     with pytest.raises(GptcoreError, match="the training split has 5 rows, fewer than one step's 8"):
         check_rows(5, CONFIG)

@@ -1,16 +1,17 @@
 import importlib.util
 import json
 import math
+import re
 
 import pytest
 import torch
 
 from gptcore.bench import (format_table, interleaved, last_round_moved, matmul_peak, model_flops_utilization,
                            model_gemm_shapes, nanogpt_twin, paired_ratios, run_benchmark)
-from gptcore.checkpoint import save_model
 from gptcore.cli import main
 from gptcore.errors import ConfigError
-from gptcore.model import GPT, ModelConfig
+from gptcore.formats.model_folder import save_model
+from gptcore.model.gpt import GPT, ModelConfig
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +31,9 @@ def test_info_reports_parameters_and_config(model_dir, capsys):
 
 @pytest.mark.parametrize("weights", ["auto", "fp32"])
 def test_generate_streams_the_greedy_continuation(model_dir, capsys, tokenizer, weights):
-    from gptcore.checkpoint import load_model
-    from gptcore.inference import prepare_for_inference
-    from gptcore.sampling import generate
+    from gptcore.formats.loading import load_model
+    from gptcore.model.inference import prepare_for_inference
+    from gptcore.model.sampling import generate
 
     assert main(["generate", "Every effort moves you", "--model", str(model_dir), "--max-new-tokens", "12",
                  "--temperature", "0", "--no-eos", "--weights", weights]) == 0
@@ -187,3 +188,15 @@ def test_every_option_of_every_command_says_what_it_does_and_its_default():
             if action.nargs != 0 and (action.option_strings or action.nargs == "?"):  # a value that can be left out
                 assert "default" in action.help, f"{where} does not say its default"
         assert "%(default)" not in command.format_help()
+
+
+def test_bench_help_shows_its_schedule_defaults_as_numbers_and_refuses_a_bad_one(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for option, value in (("--rounds", 3), ("--max-rounds", 10), ("--settled-within", 0.02)):
+        assert re.search(rf"{option} \S+ .*?\(default: {value}\)", shown), option
+    assert "gptcore.bench" not in shown
+    assert main(["bench", "--rounds", "0"]) == 1  # before any timing
+    assert capsys.readouterr().err.strip() == ("gptcore bench: error: --rounds = 0 is invalid; it must be an integer "
+                                               ">= 1")

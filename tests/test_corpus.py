@@ -5,9 +5,9 @@ import threading
 
 import pytest
 
-from gptcore.corpus import CorpusError, fetch_url, prepare_corpus, resolve_sources
+from gptcore.data.corpus import CorpusError, fetch_url, prepare_corpus, resolve_sources
+from gptcore.model.tokenizer import EOT_TOKEN
 from gptcore.settings.data import VERDICT_SHA256, VERDICT_URL
-from gptcore.tokenizer import EOT_TOKEN
 
 
 def test_default_corpus_comes_from_the_mirror(shared_dir):

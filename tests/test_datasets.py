@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from gptcore.datasets import GPTDataset, RandomWindows, SplitTooShortError, make_dataloader
+from gptcore.data.loaders import GPTDataset, RandomWindows, SplitTooShortError, make_dataloader
 
 
 def seed_windows(token_ids, max_length, stride):

@@ -12,10 +12,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from gptcore.corpus import prepare_corpus, resolve_sources
+from gptcore.data.corpus import prepare_corpus, resolve_sources
+from gptcore.data.token_files import tokenize_splits
 from gptcore.params import read_yaml
 from gptcore.settings.data import VERDICT_SHA256, VERDICT_URL
-from gptcore.token_files import tokenize_splits
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -10,9 +10,9 @@ import pytest
 
 from gptcore.cli import build_parser, main
 from gptcore.errors import ConfigError, GptcoreError
+from gptcore.pipelines.stage import run_stage
 from gptcore.settings import default
 from gptcore.settings.generate import GenerateConfig
-from gptcore.stage import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,14 +57,14 @@ def test_a_bug_keeps_its_traceback(capsys):
 
 
 def test_every_user_error_class_is_a_gptcore_error():
-    from gptcore.checkpoint import CheckpointError
-    from gptcore.corpus import CorpusError
-    from gptcore.datasets import SplitTooShortError
-    from gptcore.hf import HfFormatError
-    from gptcore.lfs import LfsFormatError
+    from gptcore.data.corpus import CorpusError
+    from gptcore.data.loaders import SplitTooShortError
+    from gptcore.formats.book import LfsFormatError
+    from gptcore.formats.huggingface import HfFormatError
+    from gptcore.formats.model_folder import CheckpointError
     from gptcore.params import ParamsError
-    from gptcore.tracking import TrackingUnavailable
-    from gptcore.trainer import NonFiniteLossError, TrainingInterrupted
+    from gptcore.tracking.runs import TrackingUnavailable
+    from gptcore.training.trainer import NonFiniteLossError, TrainingInterrupted
 
     for error in (CheckpointError, CorpusError, SplitTooShortError, HfFormatError, LfsFormatError, ParamsError,
                   TrackingUnavailable, NonFiniteLossError, TrainingInterrupted):

@@ -15,15 +15,16 @@ import torch
 import yaml
 
 from gptcore.atomic import atomic_write_text
-from gptcore.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, save_model
-from gptcore.hf import export_hf
-from gptcore.model import GPT, ModelConfig
+from gptcore.formats.huggingface import export_hf
+from gptcore.formats.model_folder import CheckpointError, save_model
+from gptcore.model.gpt import GPT, ModelConfig
 from gptcore.params import read_yaml
 from gptcore.settings.tracking import TrackingConfig
 from gptcore.settings.train import TrainConfig
-from gptcore.tracking import Tracker, TrackingUnavailable
-from gptcore.tasks import LanguageModeling
-from gptcore.trainer import Trainer
+from gptcore.tasks.language_modeling import LanguageModeling
+from gptcore.tracking.runs import Tracker, TrackingUnavailable
+from gptcore.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from gptcore.training.trainer import Trainer
 
 
 def tiny():
@@ -176,7 +177,7 @@ def test_checkpoint_of_another_process_count_is_refused(checkpoint, tmp_path):
 def test_two_processes_open_a_new_tracking_store_at_once(tmp_path):
     """Without the lock one of them fails creating the SQLite tables (duplicate column) or the experiment."""
     code = ("import os, sys; os.environ['DVC_ROOT'] = sys.argv[1]; from gptcore.settings.tracking import "
-            "TrackingConfig; from gptcore.tracking import Tracker; Tracker.start(TrackingConfig(), 'x', {}, {})")
+            "TrackingConfig; from gptcore.tracking.runs import Tracker; Tracker.start(TrackingConfig(), 'x', {}, {})")
     for attempt in range(3):
         root = tmp_path / str(attempt)
         root.mkdir()

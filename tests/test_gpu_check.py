@@ -30,7 +30,7 @@ def test_without_cuda_the_script_says_so_and_succeeds(monkeypatch, capsys):
 def test_nanogpts_training_loop_reports_speed_and_mfu_on_the_cpu():
     import torch
 
-    from gptcore.model import GPT, ModelConfig
+    from gptcore.model.gpt import GPT, ModelConfig
 
     class ViewingGPT(GPT):  # nanoGPT's forward views its targets, which needs them contiguous
         def forward(self, idx, targets):

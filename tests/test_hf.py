@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from gptcore.errors import DownloadError
-from gptcore.hf import config_from_hf, export_hf, load_hf_folder, load_hf_state_dict, load_official
-from gptcore.model import GPT, ModelConfig
+from gptcore.formats.huggingface import config_from_hf, export_hf, load_hf_folder, load_hf_state_dict, load_official
+from gptcore.model.gpt import GPT, ModelConfig
 
 transformers = pytest.importorskip("transformers")
 
@@ -78,7 +78,7 @@ def test_pickle_folder_is_refused(tmp_path):
 
 
 def test_initialize_from_a_saved_hf_folder_checks_the_config(tmp_path):
-    from gptcore.checkpoint import initialize_model
+    from gptcore.formats.loading import initialize_model
 
     hf_model = random_hf_model()
     hf_model.save_pretrained(tmp_path)  # safetensors by default
@@ -92,7 +92,7 @@ def test_initialize_from_a_saved_hf_folder_checks_the_config(tmp_path):
 
 
 def test_initialize_with_a_shorter_context_crops_positions_and_keeps_outputs(tmp_path):
-    from gptcore.checkpoint import initialize_model
+    from gptcore.formats.loading import initialize_model
 
     random_hf_model().save_pretrained(tmp_path)  # 128 positions
     config = ModelConfig(context_length=128, emb_dim=64, n_heads=4, n_layers=3, qkv_bias=True, drop_rate=0.0)

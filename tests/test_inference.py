@@ -1,4 +1,4 @@
-"""Inference weights (gptcore.inference): what `auto` picks, int8's rounding bound, and decoding with int8
+"""Inference weights (gptcore.model.inference): what `auto` picks, int8's rounding bound, and decoding with int8
 weights against fp32 decoding."""
 
 import copy
@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from gptcore.errors import ConfigError
-from gptcore.inference import (Int8Linear, greedy_agreement, next_token_agreement, prepare_for_inference,
-                               quantize_int8, resolve_weights)
-from gptcore.model import GPT, ModelConfig
-from gptcore.sampling import generate
-from gptcore.tasks import LanguageModeling
+from gptcore.model.gpt import GPT, ModelConfig
+from gptcore.model.inference import (Int8Linear, greedy_agreement, next_token_agreement, prepare_for_inference,
+                                     quantize_int8, resolve_weights)
+from gptcore.model.sampling import generate
+from gptcore.tasks.language_modeling import LanguageModeling
 
 CPU = torch.device("cpu")
 
@@ -75,11 +75,11 @@ def test_int8_and_bf16_decoding_stay_within_the_stated_bounds_of_fp32_on_a_train
     tokens equal to fp32's from 8 of 8 prompts. Bounds: agreement >= 97 %, cross-entropy within 0.1 %
     (int8 moves each weight by at most half a step of 1/127 of its row's largest), and at least 6 of the 8
     greedy continuations equal (a prompt may reach a near-tie of fp32's two likeliest tokens)."""
-    from gptcore.corpus import prepare_corpus, resolve_sources
+    from gptcore.data.corpus import prepare_corpus, resolve_sources
+    from gptcore.data.token_files import load_tokens, tokenize_splits
     from gptcore.settings.data import VERDICT_SHA256, VERDICT_URL
     from gptcore.settings.train import TrainConfig
-    from gptcore.token_files import load_tokens, tokenize_splits
-    from gptcore.trainer import Trainer
+    from gptcore.training.trainer import Trainer
 
     prepare_corpus(resolve_sources(VERDICT_URL, VERDICT_SHA256), tmp_path / "prepared")
     tokenize_splits(tmp_path / "prepared", tmp_path / "tokens")

@@ -15,18 +15,19 @@ import torch
 from conftest import JudgeServer, interrupt_at
 from torch.utils.data import DataLoader
 
+from gptcore.data.instructions import prepare_instructions, read_split
 from gptcore.errors import ConfigError, GptcoreError
-from gptcore.instruct import (InstructionTuning, Template, answer, collate, encode_entries, prepare_instructions,
-                              read_split, respond, response_loss, loaders_for)
-from gptcore.judge import JudgeUnreachable, check_judge, judge_responses, parse_score, rouge_l
-from gptcore.lfs import book_model
-from gptcore.model import GPT, KVCache, ModelConfig
-from gptcore.runtime import setup_runtime
-from gptcore.sampling import generate_batched
+from gptcore.evaluation.judge import JudgeUnreachable, check_judge, judge_responses, parse_score, rouge_l
+from gptcore.formats.book import book_model
+from gptcore.model.gpt import GPT, KVCache, ModelConfig
+from gptcore.model.runtime import setup_runtime
+from gptcore.model.sampling import generate_batched
 from gptcore.settings.instruct import INSTRUCT_TRAIN_DEFAULTS, InstructConfig
 from gptcore.settings.judge import JudgeConfig
 from gptcore.settings.train import TrainConfig
-from gptcore.trainer import Trainer
+from gptcore.tasks.instruction_tuning import (InstructionTuning, Template, answer, collate, encode_entries, loaders_for,
+                                              respond, response_loss)
+from gptcore.training.trainer import Trainer
 
 pytest.importorskip("llms_from_scratch", reason="the book's package: pip install --no-deps llms-from-scratch")
 from llms_from_scratch.ch05 import generate, train_model_simple  # noqa: E402
@@ -188,7 +189,7 @@ def test_the_loss_on_response_tokens_counts_only_them(splits, tokenizer):
     encoded = encode_entries(entries, Template.of(InstructConfig()), tokenizer)
     config = InstructConfig(mask_prompt=True)
     loader = loaders_for(encoded, config, 128, batch_size=4, shuffle=False, drop_last=False, seed=0, split="test")
-    from gptcore.instruct import InstructionModel
+    from gptcore.tasks.instruction_tuning import InstructionModel
 
     measured = response_loss(InstructionModel(base_model(), -100), loader, num_batches=None, runtime=FP32)
     # the response marker, the output and the end-of-text of each entry
@@ -298,7 +299,7 @@ def test_scores_are_parsed_as_the_book_reads_them():
 
 def test_lora_on_gpt2_medium_trains_the_books_7898384_parameters():
     """Exercise 7.4: rank 16 on every linear layer of gpt2-medium, its tied head untied as the book's out_head."""
-    from gptcore.lora import apply_lora
+    from gptcore.model.lora import apply_lora
     from gptcore.settings.lora import LoraConfig
 
     with torch.device("meta"):
@@ -309,10 +310,11 @@ def test_lora_on_gpt2_medium_trains_the_books_7898384_parameters():
 
 
 def test_lora_fine_tuning_trains_only_the_adapters_and_its_adapter_folder_loads_back(splits, tokenizer, tmp_path):
-    from gptcore.checkpoint import save_model
-    from gptcore.instruct import load_instruct_model, save_instruct_info
-    from gptcore.lora import apply_lora, save_trained
+    from gptcore.formats.adapters import save_trained
+    from gptcore.formats.model_folder import save_model
+    from gptcore.model.lora import apply_lora
     from gptcore.settings.lora import LoraConfig
+    from gptcore.tasks.instruction_tuning import load_instruct_model, save_instruct_info
 
     save_model(base_model(), tmp_path / "base")
     model, config = base_model(), InstructConfig()
@@ -337,8 +339,8 @@ def test_lora_fine_tuning_trains_only_the_adapters_and_its_adapter_folder_loads_
 
 
 def test_length_grouped_batches_pad_less_and_keep_every_entry_once_per_epoch(splits, tokenizer):
-    from gptcore.datasets import LengthGroupedSampler
-    from gptcore.instruct import padding_share
+    from gptcore.data.loaders import LengthGroupedSampler
+    from gptcore.tasks.instruction_tuning import padding_share
 
     encoded = encode_entries(read_split(splits, "train"), Template.of(InstructConfig()), tokenizer)
     lengths = [len(ids) for ids in encoded.ids]

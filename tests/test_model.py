@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gptcore.model import GPT, KVCache, ModelConfig, sinusoidal_table, vocab_padded_linear
+from gptcore.model.gpt import GPT, KVCache, ModelConfig, sinusoidal_table, vocab_padded_linear
 
 
 def count_parameters(**overrides) -> int:

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import Server, free_port, http, make_project, mlflow_client, run, store_env
 from gptcore.cli import main
-from gptcore.tracking import RUN_FILE
+from gptcore.tracking.runs import RUN_FILE
 
 pytestmark = pytest.mark.slow
 PROMPT = "Every effort moves you"
@@ -93,7 +93,8 @@ def test_an_mlflow_server_lists_the_run_with_its_histories(project):
 def test_a_tracking_server_gets_a_real_upload_of_the_model(project, tmp_path, monkeypatch):
     """Only a store on this file system holds hard links: through a server the files are uploaded."""
     from gptcore.settings.tracking import TrackingConfig
-    from gptcore.tracking import Tracker
+    from gptcore.tracking.models import log_language_model
+    from gptcore.tracking.runs import Tracker
 
     port = free_port()
     stored = tmp_path / "server-artifacts"
@@ -104,7 +105,7 @@ def test_a_tracking_server_gets_a_real_upload_of_the_model(project, tmp_path, mo
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         monkeypatch.setenv("DVC_ROOT", str(project))
         tracker = Tracker.start(TrackingConfig(registered_model=None), "upload", {}, {})
-        tracker.log_model(project / "models", None, PROMPT)
+        log_language_model(tracker, project / "models", None, PROMPT)
         tracker.finish()
         assert "MLFLOW_REGISTRY_URI" not in os.environ  # the library left the process's MLflow set-up alone
     (uploaded,) = stored.rglob("model.safetensors")

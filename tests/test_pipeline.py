@@ -14,8 +14,8 @@ import yaml
 
 from conftest import make_project, mlflow_client, run
 from gptcore.machine import cpu_model
+from gptcore.model.runtime import resolve_precision
 from gptcore.params import yaml_1_2
-from gptcore.runtime import resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -11,13 +11,13 @@ import torch
 import yaml
 from conftest import native_bf16, needs_native_bf16
 
-from gptcore.distributed import check_process_count
-from gptcore.model import GPT, ModelConfig
+from gptcore.model.gpt import GPT, ModelConfig
+from gptcore.model.runtime import AUTO_PRECISION_ENV, fast_bf16, physical_cores, resolve_precision, setup_runtime
 from gptcore.params import read_yaml
-from gptcore.runtime import AUTO_PRECISION_ENV, fast_bf16, physical_cores, resolve_precision, setup_runtime
 from gptcore.settings.train import TrainConfig
-from gptcore.tasks import LanguageModeling
-from gptcore.trainer import Trainer
+from gptcore.tasks.language_modeling import LanguageModeling
+from gptcore.training.distributed import check_process_count
+from gptcore.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -49,7 +49,7 @@ def test_the_runtime_record_names_what_produced_the_numbers():
 
 
 def test_more_processes_than_cores_are_refused_naming_both_numbers(monkeypatch):
-    monkeypatch.setattr("gptcore.distributed.physical_cores", lambda: 2)
+    monkeypatch.setattr("gptcore.training.distributed.physical_cores", lambda: 2)
     check_process_count(2, "cpu")
     with pytest.raises(ValueError, match=r"^params.yaml: train.nproc = 64 is more than the 2 CPU cores of this "
                                          r"machine; set train.nproc to at most 2$"):

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from gptcore.model import GPT, ModelConfig
-from gptcore.sampling import filter_logits, generate, next_token
+from gptcore.model.gpt import GPT, ModelConfig
+from gptcore.model.sampling import filter_logits, generate, next_token
 
 
 @pytest.fixture(scope="module")

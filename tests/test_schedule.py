@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from gptcore.schedule import learning_rate
+from gptcore.training.schedule import learning_rate
 
 ARGS = dict(total_steps=100, peak_lr=1e-3, initial_lr=1e-5, min_lr=1e-4, warmup_steps=20)
 

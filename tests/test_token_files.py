@@ -2,9 +2,9 @@ import json
 
 import numpy as np
 
-from gptcore.corpus import prepare_corpus, resolve_sources
+from gptcore.data.corpus import prepare_corpus, resolve_sources
+from gptcore.data.token_files import load_tokens, safe_cut, tokenize_file, tokenize_splits
 from gptcore.settings.data import VERDICT_SHA256, VERDICT_URL
-from gptcore.token_files import load_tokens, safe_cut, tokenize_file, tokenize_splits
 
 
 def test_verdict_token_files(shared_dir, tmp_path, tokenizer):

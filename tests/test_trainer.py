@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from conftest import interrupt_at
-from gptcore.callbacks import PrintProgress, TrainerCallback
-from gptcore.checkpoint import latest_checkpoint
-from gptcore.model import GPT, ModelConfig
+from gptcore.model.gpt import GPT, ModelConfig
 from gptcore.settings.train import TrainConfig
-from gptcore.tasks import LanguageModeling
-from gptcore.trainer import NonFiniteLossError, Trainer, build_optimizer
+from gptcore.tasks.language_modeling import LanguageModeling
+from gptcore.training.callbacks import PrintProgress, TrainerCallback
+from gptcore.training.checkpoint import latest_checkpoint
+from gptcore.training.trainer import NonFiniteLossError, Trainer, build_optimizer
 
 CONTEXT = 16
 
@@ -170,9 +170,9 @@ def test_random_window_sampling_trains_and_samples_at_end(tokenizer):
 
 @pytest.mark.slow
 def test_tiny_preset_learns_the_verdict(shared_dir, tmp_path, tokenizer):
-    from gptcore.corpus import prepare_corpus, resolve_sources
+    from gptcore.data.corpus import prepare_corpus, resolve_sources
+    from gptcore.data.token_files import load_tokens, tokenize_splits
     from gptcore.settings.data import VERDICT_SHA256, VERDICT_URL
-    from gptcore.token_files import load_tokens, tokenize_splits
 
     prepare_corpus(resolve_sources(VERDICT_URL, VERDICT_SHA256), tmp_path / "prepared")
     tokenize_splits(tmp_path / "prepared", tmp_path / "tokens")

@@ -1,4 +1,5 @@
-"""Zero-shot benchmarks (gptcore.zero_shot) against lm-evaluation-harness and build-nanogpt's HellaSwag scoring.
+"""Zero-shot benchmarks (gptcore.evaluation.zero_shot) against lm-evaluation-harness and build-nanogpt's
+HellaSwag scoring.
 
 Every comparison runs fp32 on both sides: the tolerances are fp32's (the two implementations sum the same
 log-probabilities in other orders of operations).
@@ -14,20 +15,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptcore.callbacks import PrintProgress
-from gptcore.checkpoint import save_model
 from gptcore.cli import main
 from gptcore.errors import ConfigError, GptcoreError
-from gptcore.model import GPT, ModelConfig
+from gptcore.evaluation.zero_shot import (ZeroShotProbe, cut_warning, encode_pair, evaluate_task, hellaswag_prompt,
+                                          load_task, score_requests)
+from gptcore.formats.model_folder import save_model
+from gptcore.model.gpt import GPT, ModelConfig
+from gptcore.model.runtime import setup_runtime
 from gptcore.params import ParamsError, validate
-from gptcore.runtime import setup_runtime
 from gptcore.settings.train import TrainConfig
 from gptcore.settings.zero_shot import TRAINING_KEYS, ZeroShotConfig
-from gptcore.tasks import LanguageModeling
-from gptcore.tracking import TrackingCallback
-from gptcore.trainer import Trainer
-from gptcore.zero_shot import (ZeroShotProbe, cut_warning, encode_pair, evaluate_task, hellaswag_prompt, load_task,
-                               score_requests)
+from gptcore.tasks.language_modeling import LanguageModeling
+from gptcore.tracking.metrics import TrackingCallback
+from gptcore.training.callbacks import PrintProgress
+from gptcore.training.trainer import Trainer
 
 CONTEXT = 64
 FP32 = setup_runtime("cpu", "fp32")
@@ -145,7 +146,7 @@ def test_lambada_and_hellaswag_equal_lm_evaluation_harness(trained, lambada_file
     same model exported with `gptcore export-hf`: accuracies equal, perplexity within 1e-4 relative, and each
     request's log-likelihood and greedy flag."""
     pytest.importorskip("lm_eval", reason="lm-evaluation-harness (pip install 'lm_eval[hf]') is not installed")
-    from gptcore.harness import run_harness
+    from gptcore.evaluation.harness import run_harness
 
     save_model(trained, tmp_path / "model")
     assert main(["export-hf", str(tmp_path / "model"), str(tmp_path / "hf")]) == 0

@@ -1,5 +1,5 @@
 """params.yaml `classify`: the labelled data, its split and the classifier made from a pretrained model
-(the book's chapter 6; gptcore.labelled prepares the data, gptcore.classifier fine-tunes)."""
+(the book's chapter 6; gptcore.data.labelled prepares the data, gptcore.tasks.classification fine-tunes)."""
 
 from dataclasses import dataclass
 

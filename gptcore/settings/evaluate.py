@@ -1,4 +1,4 @@
-"""params.yaml `evaluate`: the full-split evaluation of the trained model (gptcore.evaluation)."""
+"""params.yaml `evaluate`: the full-split evaluation of the trained model (gptcore.evaluation.loss)."""
 
 from dataclasses import dataclass
 

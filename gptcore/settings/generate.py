@@ -1,4 +1,4 @@
-"""params.yaml `generate`: the sampler (gptcore.sampling), also the `gptcore generate` options."""
+"""params.yaml `generate`: the sampler (gptcore.model.sampling), also the `gptcore generate` options."""
 
 from dataclasses import dataclass
 

@@ -1,5 +1,5 @@
 """params.yaml `instruct`: the instruction data, its prompt template and split, the model it fine-tunes and its
-test responses (the book's chapter 7; gptcore.instruct)."""
+test responses (the book's chapter 7; gptcore.tasks.instruction_tuning)."""
 
 import re
 from dataclasses import dataclass

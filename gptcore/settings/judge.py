@@ -1,5 +1,5 @@
 """params.yaml `judge`: the LLM that scores the instruction model's test responses over HTTP, as the book's
-chapter 7 asks Llama 3 through Ollama (gptcore.judge); off by default."""
+chapter 7 asks Llama 3 through Ollama (gptcore.evaluation.judge); off by default."""
 
 from dataclasses import dataclass
 

@@ -1,5 +1,5 @@
 """params.yaml `lora` and `classify_lora`: low-rank adapters (the book's appendix E) for language-model
-fine-tuning (the train stage) and for the classifier (gptcore.lora)."""
+fine-tuning (the train stage) and for the classifier (gptcore.model.lora)."""
 
 from dataclasses import dataclass
 

@@ -1,4 +1,4 @@
-"""params.yaml `train`: the training loop (gptcore.trainer), its length, optimizer, schedule and runtime.
+"""params.yaml `train`: the training loop (gptcore.training.trainer), its length, optimizer, schedule and runtime.
 
 The defaults are the book's recipe (appendix D's train_model on "The Verdict").
 """

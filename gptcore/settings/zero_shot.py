@@ -1,5 +1,5 @@
 """params.yaml `zero_shot`: the field's zero-shot benchmarks (LAMBADA, HellaSwag) of the evaluate stage and of
-training (gptcore.zero_shot); off by default."""
+training (gptcore.evaluation.zero_shot); off by default."""
 
 from dataclasses import dataclass
 

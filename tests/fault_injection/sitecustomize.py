@@ -26,8 +26,8 @@ def install(point: str, n: int, rank: int, action) -> None:
     """Wrap the function that marks <point> so that its n-th call (in process `rank`) runs action."""
     import torch
 
-    import gptcore.checkpoint
-    import gptcore.tasks
+    import gptcore.tasks.language_modeling
+    import gptcore.training.checkpoint
 
     if int(os.environ.get("RANK", 0)) != rank:
         return
@@ -46,10 +46,10 @@ def install(point: str, n: int, rank: int, action) -> None:
     if point == "step":
         torch.nn.utils.clip_grad_norm_ = faulting(torch.nn.utils.clip_grad_norm_)
     elif point == "evaluate":
-        gptcore.tasks.evaluate_loss = faulting(gptcore.tasks.evaluate_loss)
+        gptcore.tasks.language_modeling.evaluate_loss = faulting(gptcore.tasks.language_modeling.evaluate_loss)
     elif point == "checkpoint":
-        gptcore.checkpoint.save_safetensors = faulting(
-            gptcore.checkpoint.save_safetensors, lambda model, filename, *a, **k: ".tmp-" in str(filename))
+        gptcore.training.checkpoint.save_safetensors = faulting(
+            gptcore.training.checkpoint.save_safetensors, lambda model, filename, *a, **k: ".tmp-" in str(filename))
     else:
         raise ValueError(f"GPTCORE_KILL_AT: unknown point {point!r}")
 

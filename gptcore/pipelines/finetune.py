@@ -1,0 +1,80 @@
+"""What the fine-tuning pipelines share (gptcore.pipelines.classify, gptcore.pipelines.instruct): the key of
+a run's checkpoint folder, the tracked fit in the one training loop (resuming an interrupted run and its
+MLflow run), its end, and an evaluation's numbers and files added to the run that trained the model.
+
+Each fine-tune stage starts its pipeline's MLflow run (curves, the model, registered as a pyfunc) and
+records its id next to the model; the later stages add their metrics and files to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+from ..params import Params
+from ..settings.tracking import TrackingConfig
+from ..settings.train import TrainConfig
+from ..tracking.metrics import TrackingCallback
+from ..tracking.runs import RUN_FILE, Tracker
+from ..training.callbacks import PrintProgress
+from ..training.checkpoint import latest_checkpoint
+from ..training.trainer import Trainer
+
+
+def run_key(params: Params, splits_dir: Path, sections: tuple[str, ...]) -> str:
+    """What names a run's checkpoint folder: its sections but tracking, and its prepared data."""
+    meta = json.loads((Path(splits_dir) / "meta.json").read_text())
+    key = json.dumps([{k: params.values[k] for k in sections if k != "tracking"}, meta], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def fit_tracked(model, task, config: TrainConfig, tracking: TrackingConfig, checkpoint_dir: Path, *, stage: str,
+                tags: dict, params: dict, dataset: tuple) -> tuple[Trainer, dict, Tracker | None, float]:
+    """Fine-tune on a task in the one training loop, resuming an interrupted run (and its MLflow run);
+    a new run logs params and the dataset (Tracker.log_dataset's arguments). (trainer, history, tracker,
+    seconds)."""
+    tracker = None
+    if tracking.enabled:
+        if latest_checkpoint(checkpoint_dir) is not None and (checkpoint_dir / RUN_FILE).is_file():
+            tracker = Tracker.attach(tracking, checkpoint_dir, {}, stage)
+        else:
+            tracker = Tracker.start(tracking, name=f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}", tags=tags,
+                                    params=params)
+            tracker.log_dataset(*dataset)
+            tracker.write_run_file(checkpoint_dir)
+    callbacks = [PrintProgress()] + ([TrackingCallback(tracker, tracking.log_every)] if tracker else [])
+    trainer = Trainer(model, config, task, checkpoint_dir=checkpoint_dir, callbacks=callbacks)
+    if trainer.resume():
+        print(f"resuming from step {trainer.step} ({checkpoint_dir})")
+    started = time.perf_counter()
+    history = trainer.fit()
+    return trainer, history, tracker, time.perf_counter() - started
+
+
+def finish_tracked(tracker: Tracker | None, trainer: Trainer, model_dir: Path, checkpoint_dir: Path, seconds: float,
+                   registered_model: str | None, log_model) -> None:
+    """After the model is saved: point it at its run, log the wall time and the model (log_model(), which
+    returns the registered version), end the run; the checkpoints go."""
+    if tracker:
+        tracker.write_run_file(model_dir, step=trainer.step)
+        tracker.log_metrics({"train/wall_seconds": seconds}, trainer.step)
+        version = log_model()
+        if version:
+            print(f"registered model {registered_model!r} version {version}")
+        tracker.finish()
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def log_evaluation(tracking: TrackingConfig, model_dir: Path, stage: str, metrics: dict, artifacts=()) -> None:
+    """The evaluation's numbers (evaluate/<name>) and files (evaluation/) in the run that trained the model."""
+    if not tracking.enabled:
+        return
+    tracker = Tracker.attach(tracking, model_dir, {}, stage)
+    tracker.log_metrics({f"evaluate/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                        tracker.last_step)
+    for path in artifacts:
+        tracker.log_artifact(path, "evaluation")
+    tracker.finish()

@@ -1,0 +1,53 @@
+"""The training loop's records as MLflow metrics: per-step metrics buffered and sent in batches, the
+evaluations' and epoch ends' at once, under the names the CSV files of `dvc plots` use."""
+
+from __future__ import annotations
+
+from ..training.callbacks import RECORD_KEYS, TrainerCallback
+from .plots import CURVES
+from .runs import Tracker, as_metrics
+
+# per-step metrics: the curves of plots/train.csv and plots/eval.csv under "<file>/<column>", plus speed
+STEP_METRICS = {f"train/{column}": key for column, key in CURVES["train"].items()} | \
+    {"train/tokens_per_second": "tokens_per_second"}
+EVAL_METRICS = {f"eval/{column}": key for column, key in CURVES["eval"].items() if column != "tokens_seen"}
+
+
+class TrackingCallback(TrainerCallback):
+    """Buffers per-step metrics and sends them in one batch every log_every steps (and at evaluations)."""
+
+    def __init__(self, tracker: Tracker, log_every: int = 10):
+        self.tracker, self.log_every = tracker, log_every
+        self.pending = []
+
+    def on_step(self, record: dict):
+        self.pending += as_metrics({name: record[key] for name, key in STEP_METRICS.items()}, record["step"])
+        if record["step"] % self.log_every == 0:
+            self.flush()
+
+    def on_eval(self, record: dict):
+        self.pending += as_metrics({name: record[key] for name, key in EVAL_METRICS.items()}, record["step"])
+        self.flush()
+
+    def on_epoch(self, record: dict):
+        self.log_measured("eval", record)
+
+    def on_zero_shot(self, record: dict):
+        self.log_measured("zero_shot", record)
+
+    def log_measured(self, prefix: str, record: dict):
+        """A record's measurements as <prefix>/<key> at its step, sent now."""
+        self.pending += as_metrics({f"{prefix}/{key}": value for key, value in record.items()
+                                    if key not in RECORD_KEYS}, record["step"])
+        self.flush()
+
+    def on_sample(self, record: dict):
+        self.tracker.log_text(record["text"], f"training_samples/step-{record['step']:07d}.txt")
+
+    def on_train_end(self, history: dict):
+        self.flush()
+
+    def flush(self):
+        for start in range(0, len(self.pending), 1000):  # MLflow takes at most 1000 metrics per batch
+            self.tracker.client.log_batch(self.tracker.run_id, metrics=self.pending[start:start + 1000])
+        self.pending = []
