@@ -50,7 +50,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         export_hf(model, folder)
         harness = run_harness(folder, "lambada", locate_file(config.lambada_source, config.lambada_sha256,
-                                                             "zero_shot.lambada_source", "JSONL"),
+                                                             "zero_shot.lambada_source", "JSONL",
+                                                             "zero_shot.lambada_sha256"),
                               limit=args.limit, batch_size=args.batch_size)
     reference = harness["requests"]
     result = {

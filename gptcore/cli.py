@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from .errors import GptcoreError, renamed_keys
+from .errors import GptcoreError, keys_renamed
 from .settings import default, doc, rule
 from .settings.bench import BenchConfig
 from .settings.evaluate import EvaluateConfig
@@ -85,13 +84,9 @@ def cmd_instruct(args) -> None:
     print(response)
 
 
-@contextlib.contextmanager
 def option_names(section: str):
     """Errors that name `section.some_key` name the option --some-key instead."""
-    try:
-        yield
-    except GptcoreError as error:
-        raise type(error)(renamed_keys(error, section, lambda key: "--" + key.replace("_", "-"))) from None
+    return keys_renamed(section, lambda key: "--" + key.replace("_", "-"))
 
 
 def cmd_eval(args) -> None:
@@ -169,7 +164,7 @@ def cmd_ui(args) -> None:
 def add_n_heads(command: argparse.ArgumentParser) -> None:
     command.add_argument("--n-heads", type=int, default=None,
                          help="attention heads of a book file (model.pth), whose tensors do not hold the count; "
-                              "default: GPT-2's 64-wide heads (width / 64)")
+                              "default: GPT-2's for a file of one of its four sizes, else required")
 
 
 def add_setting_options(command: argparse.ArgumentParser, settings, names) -> None:

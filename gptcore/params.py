@@ -19,11 +19,11 @@ from pathlib import Path
 from .atomic import atomic_write_text
 from .errors import ConfigError
 from .settings import default, doc
-from .settings.classify import CLASSIFY_TRAIN_DEFAULTS, ClassifyConfig
+from .settings.classify import CLASSIFY_TRAIN_DEFAULTS, CLASSIFY_TRAIN_DOCS, ClassifyConfig
 from .settings.data import DataConfig
 from .settings.evaluate import EvaluateConfig
 from .settings.generate import GenerateConfig
-from .settings.instruct import INSTRUCT_TRAIN_DEFAULTS, InstructConfig
+from .settings.instruct import INSTRUCT_TRAIN_DEFAULTS, INSTRUCT_TRAIN_DOCS, InstructConfig
 from .settings.judge import JudgeConfig
 from .settings.lora import LoraConfig
 from .settings.model import ModelConfig, ModelSource
@@ -38,15 +38,16 @@ SECTIONS = {"data": (DataConfig,), "model": (ModelSource, ModelConfig), "train":
             "generate": (GenerateConfig,), "tracking": (TrackingConfig,), "classify": (ClassifyConfig,),
             "classify_train": (TrainConfig,), "classify_lora": (LoraConfig,), "instruct": (InstructConfig,),
             "instruct_train": (TrainConfig,), "instruct_lora": (LoraConfig,), "judge": (JudgeConfig,)}
-# a section that reuses another's dataclass: (that section, the title of this one, its own defaults)
+# a section that reuses another's dataclass: (that section, the title of this one, its own defaults, its own
+# docs of the keys whose defaults or meaning are its own)
 REUSED = {"classify_train": ("train", "the classifier's fine-tuning: the training loop's settings, the book's "
-                                      "chapter 6 by default", CLASSIFY_TRAIN_DEFAULTS),
+                                      "chapter 6 by default", CLASSIFY_TRAIN_DEFAULTS, CLASSIFY_TRAIN_DOCS),
           "classify_lora": ("lora", "the classifier's adapters (appendix E: rank 16, alpha 16 at lr 5e-5; the "
-                                    "notebook's alpha/rank at 8e-4)", {}),
+                                    "notebook's alpha/rank at 8e-4)", {}, {}),
           "instruct_train": ("train", "the instruction fine-tuning: the training loop's settings, the book's "
-                                      "chapter 7 by default", INSTRUCT_TRAIN_DEFAULTS),
+                                      "chapter 7 by default", INSTRUCT_TRAIN_DEFAULTS, INSTRUCT_TRAIN_DOCS),
           "instruct_lora": ("lora", "the instruction model's adapters (the book's exercise 7.4: rank 16, alpha 16)",
-                            {})}
+                            {}, {})}
 RENAMED = {"train.sampling": "train.windows"}
 HEADER = """\
 # gptcore pipeline parameters. Every key is defined, documented and validated in gptcore/settings/;
@@ -63,6 +64,11 @@ class ParamsError(ConfigError):
 
 def section_fields(section: str) -> dict[str, Field]:
     return {definition.name: definition for cls in SECTIONS[section] for definition in fields(cls)}
+
+
+def section_doc(section: str, definition: Field) -> str:
+    """The key's doc in this section: a reusing section's own words where it has them."""
+    return REUSED[section][3].get(definition.name, doc(definition)) if section in REUSED else doc(definition)
 
 
 def is_override(section: str, definition: Field) -> bool:
@@ -199,12 +205,12 @@ def render(values: dict) -> str:
         if section == "model":
             lines.append("  # the keys from vocab_size on override the preset; null keeps the preset's value")
         for name, definition in section_fields(section).items():
-            value = values[section][name]
+            value, described = values[section][name], section_doc(section, definition)
             if isinstance(value, list):
-                lines += commented(f"  {name}:", doc(definition), "  ")
+                lines += commented(f"  {name}:", described, "  ")
                 lines += [f"    - {yaml_scalar(item)}" for item in value]
             else:
-                lines += commented(f"  {name}: {yaml_scalar(value)}", doc(definition), "  ")
+                lines += commented(f"  {name}: {yaml_scalar(value)}", described, "  ")
     return "\n".join(lines) + "\n"
 
 

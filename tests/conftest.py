@@ -5,6 +5,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -137,6 +138,15 @@ def http(url: str, body: dict | None = None, timeout: float = 60):
         text = response.read().decode()
         return json.loads(text) if response.headers.get_content_type() == "application/json" and text.strip() \
             else text
+
+
+def refusal(url: str, body: dict) -> tuple[int, dict]:
+    """The HTTP status and JSON body of a request the server refuses."""
+    try:
+        http(url, body)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read().decode())
+    raise AssertionError(f"{url} accepted {body}")
 
 
 class Server:

@@ -7,6 +7,7 @@ to ~1e-6 per forward pass; 1e-5 leaves room for that to grow over the training s
 """
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ from llms_from_scratch.appendix_d import train_model  # noqa: E402
 from llms_from_scratch.ch02 import create_dataloader_v1  # noqa: E402
 from llms_from_scratch.ch04 import GPTModel, generate_text_simple  # noqa: E402
 
+REPO = Path(__file__).resolve().parent.parent
 SMALL = {"vocab_size": 50257, "context_length": 32, "emb_dim": 64, "n_heads": 2, "n_layers": 2, "drop_rate": 0.0,
          "qkv_bias": False}
 
@@ -73,7 +75,7 @@ def test_torch_default_init_of_gpt2_small_equals_the_books_gpt_config_124m():
 
 @pytest.mark.parametrize("layout", ["state_dict", "chapter5"])
 def test_a_book_model_pth_loads_with_its_config_inferred_and_generates_the_books_greedy_tokens(tmp_path, layout):
-    cfg = {**SMALL, "emb_dim": 128, "qkv_bias": True}  # 128 wide: GPT-2's 64-wide heads give the 2 heads
+    cfg = {**SMALL, "emb_dim": 128, "qkv_bias": True}
     reference = book_model(cfg).eval()
     path = tmp_path / "model.pth"
     state = reference.state_dict()
@@ -81,7 +83,7 @@ def test_a_book_model_pth_loads_with_its_config_inferred_and_generates_the_books
         optimizer = torch.optim.AdamW(reference.parameters(), lr=4e-4, weight_decay=0.1)
         state = {"model_state_dict": state, "optimizer_state_dict": optimizer.state_dict()}
     torch.save(state, path)
-    model = load_model(path).eval()
+    model = load_model(path, n_heads=2).eval()
     assert model.config == ModelConfig(**{**cfg, "drop_rate": 0.1}, tie_embeddings=False)
     prompt = torch.tensor([[6109, 3626, 6100, 345]])  # "Every effort moves you"
     expected = generate_text_simple(reference, prompt, max_new_tokens=20, context_size=32)
@@ -113,6 +115,38 @@ def test_generate_cli_reads_a_book_file_with_its_head_count(tmp_path, capsys, to
     torch.save(book_model({**SMALL, "emb_dim": 48}).state_dict(), tmp_path / "narrow.pth")
     assert main(["info", str(tmp_path / "narrow.pth")]) == 1  # 48 wide: no whole number of 64-wide heads
     assert "give the head count (model.n_heads, or --n-heads)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("section", ["classify", "instruct"])
+def test_a_fine_tuning_pipeline_refuses_a_book_file_whose_head_count_it_is_not_given(tmp_path, section):
+    """128 wide with 4 heads of 32: GPT-2's 64-wide heads would load it as 2 heads, silently wrong. A file of no
+    GPT-2 size is refused until the section's n_heads gives the count; then it loads as the book's model."""
+    from gptcore.params import load_params, validate
+    from gptcore.pipelines.classify import build_classifier
+    from gptcore.pipelines.instruct import build_instruction_model
+
+    reference = book_model({**SMALL, "emb_dim": 128, "n_heads": 4}).eval()
+    torch.save(reference.state_dict(), tmp_path / "model.pth")
+    values = load_params(REPO / "params.yaml").values
+    values[section] |= {"init_from": str(tmp_path / "model.pth")}
+    build = {"classify": lambda params: build_classifier(params, 2), "instruct": build_instruction_model}[section]
+    with pytest.raises(LfsFormatError, match=rf"2 layers of width 128 are none of GPT-2's sizes; give the head count "
+                                             rf"\({section}.n_heads\)$"):
+        build(validate(values))
+    values[section]["n_heads"] = 4
+    model = build(validate(values))
+    assert model.config.n_heads == 4
+    idx = torch.randint(0, 50257, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        embedded = reference.drop_emb(reference.tok_emb(idx) + reference.pos_emb(torch.arange(32)))
+        torch.testing.assert_close(model.hidden_states(idx), reference.final_norm(reference.trf_blocks(embedded)),
+                                   atol=1e-5, rtol=0)  # fp32 on both sides, other kernels (module docstring)
+
+
+def test_a_book_file_of_a_gpt2_size_needs_no_head_count(tmp_path):
+    torch.save(book_model({**SMALL, "emb_dim": 768, "n_heads": 12, "n_layers": 12}).state_dict(),
+               tmp_path / "model.pth")
+    assert load_model(tmp_path / "model.pth").config.n_heads == 12  # GPT-2 124M's (12 layers, 768 wide)
 
 
 class CarriesCode:

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import Server, free_port, http, make_project, mlflow_client, run, store_env
+from conftest import Server, free_port, http, make_project, mlflow_client, refusal, run, store_env
 from gptcore.cli import main
 from gptcore.params import read_yaml, render, validate
 
@@ -66,6 +66,16 @@ def test_the_registered_classifier_serves_what_gptcore_classify_prints(project, 
     for row in (predicted, answer):
         assert row["label"] == expected["label"] and set(row) == set(expected)
         assert all(abs(row[k] - expected[k]) < 5e-5 for k in expected if k != "label")  # printed to 4 places
+
+
+def test_the_served_classifier_names_a_number_as_not_text(project):
+    """A number in `text` was answered "text 0 is empty"."""
+    port = free_port()
+    serve = ["mlflow", "models", "serve", "-m", "models:/gptcore-classifier/latest", "--env-manager", "local",
+             "-h", "127.0.0.1", "-p", str(port)]
+    with Server(serve, port, project, store_env(project)) as url:
+        status, body = refusal(f"{url}/invocations", {"dataframe_records": [{"text": 5}]})
+    assert status == 400 and "text 0 is 5, not text; give a text to classify" in body["message"], body
 
 
 def test_lora_is_one_experiment_away(project):

@@ -52,13 +52,13 @@ def test_download_is_verified_and_cached(http_server, tmp_path, monkeypatch):
     (served / "book.txt").write_text("It was a dark and stormy night.")
     digest = hashlib.sha256(b"It was a dark and stormy night.").hexdigest()
     cache = tmp_path / "cache"
-    first = fetch_url(f"{base}/book.txt", digest, cache)
+    first = fetch_url(f"{base}/book.txt", digest, "data.sha256", cache)
     (served / "book.txt").unlink()  # the second call must not need the server
-    assert fetch_url(f"{base}/book.txt", digest, cache) == first
+    assert fetch_url(f"{base}/book.txt", digest, "data.sha256", cache) == first
     assert first.read_text() == "It was a dark and stormy night."
     (served / "other.txt").write_text("tampered")
     with pytest.raises(CorpusError, match=f"expected sha256 {digest}"):
-        fetch_url(f"{base}/other.txt", digest, cache)
+        fetch_url(f"{base}/other.txt", digest, "data.sha256", cache)
     assert not list(cache.rglob("other.txt*"))  # a failed download leaves nothing behind
 
 

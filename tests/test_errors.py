@@ -77,3 +77,53 @@ def test_cli_generate_defaults_are_the_generate_section():
         if hasattr(args, name):
             assert getattr(args, name) == default(definition), name
     assert main(["generate", "Hi", "--top-k", "null", "--top-p", "none", "--model", "/nonexistent"]) == 1
+
+
+def test_a_checksum_mismatch_names_the_setting_or_option_that_holds_the_sum(tmp_path, shared_dir, capsys):
+    """It always ended "fix data.sha256 or the source", whatever held the sum."""
+    from gptcore.data.corpus import CorpusError
+    from gptcore.data.instructions import prepare_instructions
+    from gptcore.data.labelled import prepare_labelled
+    from gptcore.evaluation.zero_shot import load_tasks
+    from gptcore.formats.model_folder import save_model
+    from gptcore.model.gpt import GPT, ModelConfig
+    from gptcore.model.tokenizer import Tokenizer
+    from gptcore.settings.classify import ClassifyConfig
+    from gptcore.settings.instruct import InstructConfig
+    from gptcore.settings.zero_shot import ZeroShotConfig
+
+    wrong, data = "0" * 64, shared_dir / "data"
+    cases = [(lambda: prepare_labelled(ClassifyConfig(source=str(data / "SMSSpamCollection.tsv"), member=None,
+                                                      sha256=wrong), tmp_path / "c"), "classify.sha256"),
+             (lambda: prepare_instructions(InstructConfig(source=str(data / "instruction-data.json"), sha256=wrong),
+                                           tmp_path / "i"), "instruct.sha256"),
+             (lambda: load_tasks(["lambada"], ZeroShotConfig(lambada_source=str(data / "lambada_test.jsonl"),
+                                                             lambada_sha256=wrong), Tokenizer(), 1),
+              "zero_shot.lambada_sha256")]
+    for load, key in cases:
+        with pytest.raises(CorpusError, match=rf"checksum mismatch for .*: expected sha256 {wrong} \({key}\), got "
+                                              rf"[0-9a-f]{{64}} .*; fix {key} or the source$"):
+            load()
+    save_model(GPT(ModelConfig.from_preset("tiny")), tmp_path / "model")
+    assert main(["eval", "--tasks", "lambada", "--model", str(tmp_path / "model"), "--lambada-source",
+                 str(data / "lambada_test.jsonl"), "--lambada-sha256", wrong]) == 1
+    assert capsys.readouterr().err.strip().endswith("; fix --lambada-sha256 or the source")
+
+
+def test_a_wrong_sum_of_a_zip_member_the_mirror_holds_is_said_to_be_the_mirrors_not_a_download_to_make(tmp_path,
+                                                                                                      shared_dir,
+                                                                                                      monkeypatch):
+    """With GPTCORE_MIRROR set and holding the table, a wrong classify.sha256 said "for offline use set
+    GPTCORE_MIRROR": the mirror was searched by the member's name and the wrong sum, found nothing, and a download
+    was tried."""
+    from gptcore.data.corpus import CorpusError
+    from gptcore.data.labelled import prepare_labelled
+    from gptcore.settings.classify import ClassifyConfig
+
+    monkeypatch.setenv("GPTCORE_MIRROR", str(shared_dir))
+    monkeypatch.setenv("GPTCORE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(CorpusError) as refused:
+        prepare_labelled(ClassifyConfig(sha256="0" * 64), tmp_path / "out")
+    message = str(refused.value)
+    assert "the mirror's copy: expected sha256 " + "0" * 64 + " (classify.sha256)" in message
+    assert str(shared_dir / "data" / "SMSSpamCollection.tsv") in message and "GPTCORE_MIRROR" not in message

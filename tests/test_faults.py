@@ -34,8 +34,8 @@ def tiny():
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    trainer = Trainer(tiny(), TrainConfig(max_steps=2, precision="fp32", device="cpu", sample_tokens=0,
-                                          eval_freq=2, eval_iter=1),
+    trainer = Trainer(tiny(), TrainConfig(max_steps=2, warmup_steps=0, precision="fp32", device="cpu",
+                                          sample_tokens=0, eval_freq=2, eval_iter=1),
                       LanguageModeling(np.arange(200, dtype=np.uint16), np.arange(40, dtype=np.uint16)),
                       checkpoint_dir=tmp_path)
     trainer.fit()
@@ -59,7 +59,8 @@ def test_damaged_checkpoint_is_reported_with_its_path(checkpoint, damage):
 
 def test_resume_refuses_a_damaged_checkpoint_instead_of_starting_over(checkpoint, tmp_path):
     (checkpoint / "trainer_state.pt").write_bytes(b"garbage")
-    trainer = Trainer(tiny(), TrainConfig(max_steps=4, precision="fp32", device="cpu", sample_tokens=0),
+    trainer = Trainer(tiny(), TrainConfig(max_steps=4, warmup_steps=0, precision="fp32", device="cpu",
+                                          sample_tokens=0),
                       LanguageModeling(np.arange(200, dtype=np.uint16), np.arange(40, dtype=np.uint16)),
                       checkpoint_dir=tmp_path)
     with pytest.raises(CheckpointError, match="trainer_state.pt"):
@@ -165,7 +166,8 @@ def test_latest_pointer_to_a_missing_checkpoint_is_an_error_not_a_fresh_start(ch
 
 def test_checkpoint_of_another_process_count_is_refused(checkpoint, tmp_path):
     """A checkpoint holds one RNG state per DDP process; resuming it with another count is an error."""
-    trainer = Trainer(tiny(), TrainConfig(max_steps=4, precision="fp32", device="cpu", sample_tokens=0),
+    trainer = Trainer(tiny(), TrainConfig(max_steps=4, warmup_steps=0, precision="fp32", device="cpu",
+                                          sample_tokens=0),
                       LanguageModeling(np.arange(200, dtype=np.uint16), np.arange(40, dtype=np.uint16)),
                       checkpoint_dir=tmp_path)
     state = trainer.state_dict()

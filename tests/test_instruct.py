@@ -228,7 +228,7 @@ def test_bad_templates_and_splits_are_refused_in_one_line(fields, message):
      r"entry 2 has no 'instruction'"),
     ('[{"instruction": "Say hi", "input": ""}]', r"entry 1 has no 'output'"),
     ('{"instruction": "Say hi"}', "is not a JSON list of entries"),
-    ('[{"instruction": "Say hi", "input": 3, "output": "hi"}]', r"entry 1: 'input' is int, not text"),
+    ('[{"instruction": "Say hi", "input": 3, "output": "hi"}]', r"entry 1: 'input' is 3, not text"),
 ])
 def test_bad_entries_give_one_line_before_any_compute(tmp_path, content, message):
     (tmp_path / "data.json").write_text(content)
@@ -258,6 +258,38 @@ def test_answer_takes_an_optional_input_and_refuses_a_missing_instruction(tokeni
     assert with_gap == answer(model, template, info, [{"instruction": "Say hi"}], tokenizer, FP32)
     with pytest.raises(ConfigError, match="row 0 has no instruction"):
         answer(model, template, info, [{"input": "x"}], tokenizer, FP32)
+
+
+def test_an_instruction_longer_than_the_context_is_refused_not_cut_and_the_cli_says_so_on_stderr(tokenizer, tmp_path,
+                                                                                                capsys):
+    """Cut to its last tokens, the prompt lost the template and its "### Instruction:" header and the model
+    answered one token; now the served model (HTTP 400) and `gptcore instruct` refuse it in one line."""
+    from gptcore.cli import main
+    from gptcore.formats.model_folder import save_model
+    from gptcore.tasks.instruction_tuning import save_instruct_info
+
+    model, config = base_model().eval(), InstructConfig()
+    save_model(model, tmp_path)
+    save_instruct_info(tmp_path, Template.of(config), config, {"base": "test"})
+    long = "Summarise this. " + "word " * 150
+    with pytest.raises(ConfigError, match=r"^row 0's prompt \(the template with its instruction and input\) is \d+ "
+                                          r"tokens, longer than the model's context of 128 tokens; shorten it$"):
+        answer(model, Template.of(config), {"max_new_tokens": 5}, [{"instruction": long}], tokenizer, FP32)
+    assert main(["instruct", long, "--model", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and "longer than the model's context" in err
+
+
+def test_a_null_input_is_no_input_everywhere_and_a_number_is_named_by_its_value(tmp_path, tokenizer):
+    entries = [{"instruction": "Say hi", "input": None, "output": "hi"}] * 20
+    (tmp_path / "data.json").write_text(json.dumps(entries))
+    prepare_instructions(InstructConfig(source=str(tmp_path / "data.json"), sha256=None), tmp_path / "out")
+    assert read_split(tmp_path / "out", "train")[0] == {"instruction": "Say hi", "input": "", "output": "hi"}
+    model, template, info = base_model().eval(), Template.of(InstructConfig()), {"max_new_tokens": 5}
+    assert answer(model, template, info, [{"instruction": "Say hi", "input": None}], tokenizer, FP32) == \
+        answer(model, template, info, [{"instruction": "Say hi"}], tokenizer, FP32)
+    with pytest.raises(ConfigError, match=r"^row 0: input is 3, not text; give text or leave it out$"):
+        answer(model, template, info, [{"instruction": "Say hi", "input": 3}], tokenizer, FP32)
 
 
 # -- the judge -------------------------------------------------------------------------------------------

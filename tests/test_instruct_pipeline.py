@@ -7,7 +7,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from conftest import JudgeServer, Server, free_port, http, make_project, mlflow_client, run, store_env
+from conftest import JudgeServer, Server, free_port, http, make_project, mlflow_client, refusal, run, store_env
 from gptcore.cli import main
 from gptcore.params import read_yaml, render, validate
 
@@ -78,6 +78,22 @@ def test_the_judge_scores_the_responses_and_an_unreachable_one_stops_in_one_line
     set_params(project, judge={"enabled": False})
 
 
+def test_an_unreachable_judge_stops_the_fine_tuning_before_it_trains(project):
+    """Fine-tuning and generating the responses came first, then the evaluate stage found the judge down."""
+    set_params(project, judge={"enabled": True, "api": "openai", "url": "http://127.0.0.1:9/v1/chat/completions"})
+    try:
+        finetune = ["python", "stages/finetune.py", "--task", "instruct", "--params", "params.yaml", "--splits",
+                    "data/instruct/splits", "--model", "data/instruct/refused", "--metrics", "refused.json", "--plots",
+                    "refused-plots"]
+        result = subprocess.run(finetune, cwd=project, capture_output=True, text=True)
+    finally:
+        set_params(project, judge={"enabled": False})
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("error: the judge at http://127.0.0.1:9/v1/chat/completions is unreachable")
+    assert not (project / "data" / "instruct" / "refused").exists() and not (project / "refused.json").exists()
+
+
 def test_the_registered_instruction_model_serves_what_gptcore_instruct_prints(project, capsys, monkeypatch):
     import mlflow
 
@@ -99,3 +115,30 @@ def test_the_registered_instruction_model_serves_what_gptcore_instruct_prints(pr
         answers = http(f"{url}/invocations", {"dataframe_records": [{"instruction": INSTRUCTION, "input": INPUT},
                                                                     {"instruction": INSTRUCTION}]})["predictions"]
     assert [row["response"] for row in answers] == [expected, without_input]
+
+
+def test_the_served_instruction_model_takes_the_sampler_params_and_refuses_a_prompt_longer_than_the_context(
+        project, capsys, monkeypatch):
+    """A prompt longer than the context was cut to its last tokens (losing the template) and answered with HTTP 200
+    and one token; request params were dropped with a warning; a null input was refused in the data file."""
+    monkeypatch.chdir(project)
+    capsys.readouterr()
+    assert main(["instruct", INSTRUCTION, "--max-new-tokens", "2"]) == 0
+    two_tokens = capsys.readouterr().out.rstrip("\n")
+    port = free_port()
+    serve = ["mlflow", "models", "serve", "-m", "models:/gptcore-instruct/latest", "--env-manager", "local",
+             "-h", "127.0.0.1", "-p", str(port)]
+    with Server(serve, port, project, store_env(project)) as url:
+        (short,) = http(f"{url}/invocations", {"dataframe_records": [{"instruction": INSTRUCTION, "input": None}],
+                                                "params": {"max_new_tokens": 2}})["predictions"]
+        sampled = [http(f"{url}/invocations", {"dataframe_records": [{"instruction": INSTRUCTION}],
+                                                "params": {"temperature": 1.5, "seed": 7}})["predictions"]
+                   for _ in range(2)]
+        refused = [refusal(f"{url}/invocations", body) for body in (
+            {"dataframe_records": [{"instruction": "Summarise this. " + "word " * 150}]},
+            {"dataframe_records": [{"instruction": INSTRUCTION}], "params": {"temperature": -3.0}})]
+    assert short["response"] == two_tokens and sampled[0] == sampled[1]
+    for (status, body), reason in zip(refused, ("row 0's prompt (the template with its instruction and input) is",
+                                                "temperature = -3.0 is invalid")):
+        assert status == 400 and reason in body["message"] and "stack_trace" not in body, body
+    assert "longer than the model's context of 128 tokens; shorten it" in refused[0][1]["message"]

@@ -10,7 +10,7 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import Server, free_port, http, make_project, mlflow_client, run, store_env
+from conftest import Server, free_port, http, make_project, mlflow_client, refusal, run, store_env
 from gptcore.cli import main
 from gptcore.tracking.runs import RUN_FILE
 
@@ -60,17 +60,6 @@ def test_registered_model_loads_and_serves_the_text_of_gptcore_generate(project,
                                                  "longer than the model's context")):
         assert status == 400 and reason in body["message"] and "stack_trace" not in body, body
         assert "Traceback" not in json.dumps(body) and str(project) not in json.dumps(body)
-
-
-def refusal(url: str, body: dict) -> tuple[int, dict]:
-    """The HTTP status and JSON body of a request the server refuses."""
-    import urllib.error
-
-    try:
-        http(url, body)
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read().decode())
-    raise AssertionError(f"{url} accepted {body}")
 
 
 def test_an_mlflow_server_lists_the_run_with_its_histories(project):

@@ -170,3 +170,16 @@ def test_prepare_stage_does_not_import_torch(tmp_path, shared_dir):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "prepared" / "train.txt").is_file()
+
+
+def test_a_fine_tuning_sections_comments_describe_its_own_defaults():
+    """classify_train and instruct_train printed the pretraining comments ("... over 20 % of the 90 steps" above a
+    warmup of 0): every key whose default is a section's own has that section's own words."""
+    from gptcore.params import REUSED
+
+    text = (REPO / "params.yaml").read_text()
+    for section, (base, _, own_defaults, own_docs) in REUSED.items():
+        assert set(own_defaults) <= set(own_docs), (section, sorted(set(own_defaults) - set(own_docs)))
+        block = text.split(f"\n{section}:\n", 1)[1].split("\n\n", 1)[0]
+        for pretraining_words in ("90 steps", "sliding windows", "windows per process", "4e-4 ... 1e-3"):
+            assert pretraining_words not in block, (section, pretraining_words)

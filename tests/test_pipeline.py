@@ -140,6 +140,7 @@ def test_fine_tunes_from_a_locally_saved_hugging_face_folder(project, tmp_path):
 def test_zero_shot_tasks_are_evaluated_without_training_again(project):
     """Choosing the evaluate stage's tasks reruns that stage only; their metrics reach eval.json, dvc exp show
     and MLflow."""
+    run(["dvc", "repro"], project)  # a trained workspace, whichever tests ran before
     out = run(["dvc", "exp", "run", "-n", "lambada-20", "-S", "zero_shot.tasks=[lambada]", "-S",
                "zero_shot.limit=20"], project)
     assert "Running stage 'evaluate'" in out and "Running stage 'train'" not in out
@@ -181,3 +182,55 @@ def test_queued_experiments_run_in_a_temp_copy_and_log_to_the_project_store(proj
     (mlrun,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'queued-seed-7'")
     assert mlrun.data.params["train.seed"] == "7"
     assert "plots/train.csv" in run(["dvc", "plots", "diff", "--json"], project)
+
+
+def killed_then_finished(project, fault_env, kill_at: str, seed: int) -> str:
+    """A run of its own (another seed: another checkpoint folder, no run-cache entry) of 40 steps, checkpointed
+    every 20 and logged every 10: `dvc repro train` SIGKILLed at kill_at, then run again to its end, the params
+    put back after. The id of the run the killed stage recorded."""
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml_1_2().load(original)
+    params["train"].update(seed=seed, epochs=None, max_steps=40, checkpoint_every=20)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        killed = subprocess.run(["dvc", "repro", "train"], cwd=project, env=fault_env(GPTCORE_KILL_AT=kill_at),
+                                capture_output=True, text=True, timeout=900)
+        assert killed.returncode != 0 and re.search(r"exited with (-9|137)\b", killed.stderr), killed.stderr
+        (run_dir,) = (project / "checkpoints").iterdir()
+        killed_run = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+        run(["dvc", "repro", "train"], project)
+    finally:
+        params_file.write_text(original)
+    return killed_run
+
+
+def assert_one_finished_run_with_every_step_once(project, run_id: str, steps: int):
+    client = mlflow_client(project)
+    assert json.loads((project / "models" / "mlflow_run.json").read_text())["run_id"] == run_id
+    assert client.get_run(run_id).info.status == "FINISHED"
+    for metric in ("train/loss", "train/lr", "eval/val_loss", "system/cpu_utilization_percentage"):
+        logged = [point.step for point in client.get_metric_history(run_id, metric)]
+        assert len(logged) == len(set(logged)), (metric, logged)
+    assert [point.step for point in client.get_metric_history(run_id, "train/loss")] == list(range(1, steps + 1))
+
+
+def all_runs(project) -> list:
+    client = mlflow_client(project)
+    return client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])
+
+
+def test_a_run_killed_after_a_checkpoint_and_resumed_logs_no_step_twice(project, fault_env):
+    """Killed mid-step 35: steps 21-30 were logged (at step 30), the resume starts at the step-20 checkpoint and
+    logged them again (MLflow held 660 points of train/loss for 650 steps)."""
+    run_id = killed_then_finished(project, fault_env, "step:35", seed=21)
+    assert_one_finished_run_with_every_step_once(project, run_id, 40)
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_continued_not_left_running(project, fault_env):
+    """Killed mid-step 15, before the step-20 checkpoint: its MLflow run stayed RUNNING for ever and the rerun
+    opened another. The rerun continues it: one run, finished, steps 1-10 not logged twice."""
+    runs_before = len(all_runs(project))
+    run_id = killed_then_finished(project, fault_env, "step:15", seed=22)
+    assert_one_finished_run_with_every_step_once(project, run_id, 40)
+    assert len(all_runs(project)) == runs_before + 1

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import interrupt_at
+from gptcore.errors import ConfigError
 from gptcore.model.gpt import GPT, ModelConfig
 from gptcore.settings.train import TrainConfig
 from gptcore.tasks.language_modeling import LanguageModeling
@@ -61,9 +62,10 @@ def test_records_lr_schedule_and_evaluations():
 
 
 def test_grad_norm_is_reported_before_clipping_and_clipping_changes_the_update():
-    clipped = Trainer(tiny_model(0.0), config(max_steps=1, max_grad_norm=1e-3, clip_after_warmup=False),
-                      LanguageModeling(TRAIN, VAL))
-    unclipped = Trainer(tiny_model(0.0), config(max_steps=1, max_grad_norm=0), LanguageModeling(TRAIN, VAL))
+    clipped = Trainer(tiny_model(0.0), config(max_steps=1, warmup_steps=0, max_grad_norm=1e-3,
+                                              clip_after_warmup=False), LanguageModeling(TRAIN, VAL))
+    unclipped = Trainer(tiny_model(0.0), config(max_steps=1, warmup_steps=0, max_grad_norm=0),
+                        LanguageModeling(TRAIN, VAL))
     norm_clipped = clipped.fit()["steps"][0]["grad_norm"]
     norm_unclipped = unclipped.fit()["steps"][0]["grad_norm"]
     assert norm_clipped == pytest.approx(norm_unclipped, rel=1e-6) and norm_clipped > 1e-3
@@ -209,3 +211,27 @@ def test_progress_bar_follows_whether_stderr_is_a_terminal(monkeypatch):
     assert PrintProgress().show_bar is False
     monkeypatch.setattr(sys, "stderr", Terminal())
     assert PrintProgress().show_bar is True
+
+
+def test_every_run_prints_its_plan_and_a_plan_the_schedule_cannot_run_is_refused(capsys, tmp_path):
+    """A warmup longer than the run trained, random windows without max_steps trained epochs of sliding ones (the
+    docs said they have none), and epochs of 1e9 started 9e9 steps without a word."""
+    from gptcore.pipelines.finetune import fit_tracked
+    from gptcore.settings.tracking import TrackingConfig
+
+    Trainer(tiny_model(), config(), LanguageModeling(TRAIN, VAL), callbacks=[PrintProgress(bar=False)]).fit()
+    assert capsys.readouterr().out.splitlines()[0] == "plan: 24 steps (2 epochs of 12), 2 rows of 16 tokens each: " \
+                                                      "768 tokens"
+    with pytest.raises(ConfigError, match=r"^train.warmup_steps = 5 is more than the run's 3 steps \(train.max_steps = "
+                                          r"3\): the warmup would outlast the run; lower it$"):
+        Trainer(tiny_model(), config(max_steps=3, warmup_steps=5), LanguageModeling(TRAIN, VAL))
+    with pytest.raises(ConfigError, match=r"^train.epochs = 384307168202282325 plans 4,611,686,018,427,387,900 steps "
+                                          r"of 32 tokens, more than a run's 64-bit counters hold; lower it$"):
+        Trainer(tiny_model(), config(epochs=2 ** 62 // 12), LanguageModeling(TRAIN, VAL))  # 2^62 steps, 2^67 tokens
+    with pytest.raises(ConfigError, match=r"^train.windows = 'random' draws windows anywhere, with no epochs: set "
+                                          r"train.max_steps, the steps to train$"):
+        config(windows="random")
+    with pytest.raises(ConfigError, match=r"^classify_train.warmup_steps = 50 is more than the run's 24 steps "
+                                          r"\(classify_train.epochs = 2\)"):  # a fine-tuning section names its own key
+        fit_tracked(tiny_model(), LanguageModeling(TRAIN, VAL), config(warmup_steps=50), "classify_train",
+                    TrackingConfig(enabled=False), tmp_path, stage="classify", tags={}, params={}, dataset=())

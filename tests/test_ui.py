@@ -44,3 +44,42 @@ def test_gptcore_ui_opens_the_chart_view_of_the_projects_runs(tmp_path):
     assert "Training runs" in page and all(name in page for name in names)
     assert "eval/val_loss" in page  # a chart of the runs' metrics is drawn, not the GenAI overview
     assert screenshot.stat().st_size > 50_000
+
+
+def test_gptcore_ui_stopped_by_sigterm_or_sighup_stops_its_workers_and_a_taken_port_is_refused(tmp_path):
+    """SIGTERM (a service manager, a script) left `mlflow ui` and its four workers running, reparented and
+    holding the port; only Ctrl-C stopped the tree."""
+    import signal
+    import socket
+
+    import psutil
+
+    env = {**os.environ, "DVC_ROOT": str(tmp_path)}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        port = free_port()
+        ui = subprocess.Popen(["gptcore", "ui", "--no-browser", "--port", str(port)], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            assert next(line for line in ui.stdout if line.startswith("MLflow UI of"))
+            tree = psutil.Process(ui.pid).children(recursive=True)
+            assert len(tree) >= 2  # mlflow ui and its workers
+            ui.send_signal(signum)
+            assert ui.wait(timeout=90) == 0
+            gone, alive = psutil.wait_procs(tree, timeout=30)
+            assert alive == [], (signum, alive)
+        finally:
+            if ui.poll() is None:
+                os.killpg(ui.pid, signal.SIGKILL)
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", port))  # nothing listens there any more
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = subprocess.run(["gptcore", "ui", "--no-browser", "--port", str(port)], cwd=tmp_path, env=env,
+                                 capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.strip() == (f"gptcore ui: error: port {port} on 127.0.0.1 is taken (Address already in "
+                                      "use): another server (an mlflow ui?) listens there; stop it or choose another "
+                                      "--port")

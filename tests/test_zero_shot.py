@@ -286,8 +286,8 @@ def test_training_measures_the_tasks_every_n_steps_and_at_the_end(trained, lamba
     tokens = np.array(tokenizer.encode("Every effort moves you forward, and every day a little. " * 40),
                       dtype=np.uint16)
     model = GPT(ModelConfig.from_preset("tiny", context_length=CONTEXT))
-    train = TrainConfig(max_steps=10, batch_size=2, eval_freq=5, eval_iter=1, sample_tokens=0, precision="fp32",
-                        device="cpu", windows="random", checkpoint_every=0)
+    train = TrainConfig(max_steps=10, warmup_steps=0, batch_size=2, eval_freq=5, eval_iter=1, sample_tokens=0,
+                        precision="fp32", device="cpu", windows="random", checkpoint_every=0)
     logged = []
     tracker = SimpleNamespace(run_id="run", client=SimpleNamespace(
         log_batch=lambda run_id, metrics: logged.extend(metrics)))

@@ -40,53 +40,57 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("GPTCORE_CACHE", Path.home() / ".cache" / "gptcore"))
 
 
-def verify_checksum(path: Path, expected: str, origin: str) -> None:
+def verify_checksum(path: Path, expected: str, origin: str, key: str) -> None:
+    """path's sha256 must be `expected`, the value of the setting `key`: a mismatch names both."""
     actual = sha256_file(path)
     if actual != expected.lower():
-        raise CorpusError(f"checksum mismatch for {origin}: expected sha256 {expected}, got {actual} "
-                          f"(file {path}); fix data.sha256 or the source")
+        raise CorpusError(f"checksum mismatch for {origin}: expected sha256 {expected} ({key}), got {actual} (file "
+                          f"{path}); fix {key} or the source")
 
 
-def fetch_url(url: str, sha256: str | None, cache_dir: Path | None = None) -> Path:
-    """A verified local copy of url: from $GPTCORE_MIRROR/data, else the download cache, else the network."""
+def fetch_url(url: str, sha256: str | None, key: str, cache_dir: Path | None = None) -> Path:
+    """A verified local copy of url (its sum the setting `key`): from $GPTCORE_MIRROR/data, else the download
+    cache, else the network."""
     if not sha256:
-        raise CorpusError(f"a URL source needs its expected sha256 (data.sha256) to be verified: {url}")
+        raise CorpusError(f"a URL source needs its expected sha256 ({key}) to be verified: {url}")
     name = Path(urllib.parse.urlparse(url).path).name or "corpus.txt"
     mirror = os.environ.get("GPTCORE_MIRROR")
     if mirror and (path := mirror_copy(Path(mirror) / "data", name, sha256)):
-        verify_checksum(path, sha256, f"{url} (mirror copy)")
+        verify_checksum(path, sha256, f"{url} (the mirror's copy)", key)
         return path
     cached = (cache_dir or default_cache_dir()) / sha256.lower() / name
     if cached.is_file():
-        verify_checksum(cached, sha256, f"{url} (cached copy)")
+        verify_checksum(cached, sha256, f"{url} (cached copy)", key)
         return cached
     try:
         with atomic_path(cached) as tmp:
             with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
                 for block in iter(lambda: response.read(BLOCK_BYTES), b""):
                     out.write(block)
-            verify_checksum(tmp, sha256, url)
+            verify_checksum(tmp, sha256, url, key)
     except OSError as error:
         raise CorpusError(f"cannot download {url} ({error}); for offline use set GPTCORE_MIRROR to a folder "
                           f"holding data/{name}") from error
     return cached
 
 
-def locate_file(source: str, sha256: str | None, key: str, kinds: str) -> Path:
-    """The local, verified file of a one-file source (`key` names its setting, e.g. classify.source): a
-    URL through fetch_url, or a file, checked against sha256 when one is given."""
+def locate_file(source: str, sha256: str | None, key: str, kinds: str, sha256_key: str) -> Path:
+    """The local, verified file of a one-file source (`key` names its setting, e.g. classify.source, and
+    `sha256_key` its checksum's): a URL through fetch_url, or a file, checked against sha256 when one is given."""
     if source.startswith(("http://", "https://")):
-        return fetch_url(source, sha256)
+        return fetch_url(source, sha256, sha256_key)
     path = Path(source).expanduser()
     if not path.is_file():
         raise CorpusError(f"{key} {source!r} is not a file; give a {kinds} file or an http(s) URL")
     if sha256:
-        verify_checksum(path, sha256, str(path))
+        verify_checksum(path, sha256, str(path), sha256_key)
     return path
 
 
 def mirror_copy(folder: Path, name: str, sha256: str) -> Path | None:
-    """The mirror's copy of a download: by file name, else the file its SHA256SUMS lists with this checksum."""
+    """The mirror's copy of a download: by file name, else the file its SHA256SUMS lists with this checksum,
+    else a file of that name with a suffix (a zip's member `x` kept as x.tsv), whose sum the caller verifies: a
+    wrong sum is then said to be the mirror's copy's, not a download to make."""
     if (folder / name).is_file():
         return folder / name
     sums = folder / "SHA256SUMS"
@@ -95,13 +99,13 @@ def mirror_copy(folder: Path, name: str, sha256: str) -> Path | None:
             digest, _, listed = line.partition("  ")
             if digest.lower() == sha256.lower() and (folder / listed.strip()).is_file():
                 return folder / listed.strip()
-    return None
+    return next((path for path in sorted(folder.glob(f"{glob.escape(name)}.*")) if path.is_file()), None)
 
 
 def resolve_sources(source: str, sha256: str | None = None, cache_dir: Path | None = None) -> list[Path]:
     """The text files of a source: an http(s) URL, a file, a folder (its *.txt, sorted) or a glob."""
     if source.startswith(("http://", "https://")):
-        return [fetch_url(source, sha256, cache_dir)]
+        return [fetch_url(source, sha256, "data.sha256", cache_dir)]
     path = Path(source).expanduser()
     if path.is_file():
         files = [path]
@@ -117,7 +121,7 @@ def resolve_sources(source: str, sha256: str | None = None, cache_dir: Path | No
         raise CorpusError(f"corpus source {source!r} does not exist; give a file, a folder of .txt files, "
                           f"a glob or an http(s) URL")
     if sha256 and len(files) == 1:
-        verify_checksum(files[0], sha256, str(files[0]))
+        verify_checksum(files[0], sha256, str(files[0]), "data.sha256")
     return files
 
 

@@ -34,13 +34,14 @@ def read_entries(path: Path, config: InstructConfig) -> list[dict]:
     for number, item in enumerate(raw, start=1):
         where = f"{path} entry {number}"
         if not isinstance(item, dict):
-            raise CorpusError(f"{where} is {type(item).__name__}, not an object with {names['instruction']!r} and "
+            raise CorpusError(f"{where} is {json.dumps(item)[:80]}, not an object with {names['instruction']!r} and "
                               f"{names['output']!r}; fix the entry")
         entry = {}
         for field, name in names.items():
-            value = item.get(name, "") if name is not None else ""
+            value = item.get(name) if name is not None else None
+            value = "" if value is None else value  # a null field is an absent one: no input, or none given
             if not isinstance(value, str):
-                raise CorpusError(f"{where}: {name!r} is {type(value).__name__}, not text; fix the entry")
+                raise CorpusError(f"{where}: {name!r} is {json.dumps(value)}, not text; fix the entry")
             if field != "input" and not value.strip():
                 raise CorpusError(f"{where} has no {name!r} (instruct.{field}_field); fill it in or remove the entry")
             entry[field] = value
@@ -63,7 +64,7 @@ def split_entries(entries: list[dict], config: InstructConfig) -> dict[str, list
 
 def prepare_instructions(config: InstructConfig, out_dir) -> dict:
     """The stage: out_dir/{train,validation,test}.json and meta.json (counts, the source's sha256)."""
-    path = locate_file(config.source, config.sha256, "instruct.source", ".json / .jsonl")
+    path = locate_file(config.source, config.sha256, "instruct.source", ".json / .jsonl", "instruct.sha256")
     splits = split_entries(read_entries(path, config), config)
     out_dir = Path(out_dir)
     for name, part in splits.items():

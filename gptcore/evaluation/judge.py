@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -88,6 +89,6 @@ def judge_responses(config: JudgeConfig, template, entries: list[dict]) -> list[
         scores.append(parse_score(ask(config, prompt)))
     unscored = scores.count(None)
     if unscored:
-        print(f"the judge's answer held no score 0-100 for {unscored} of {len(entries)} responses; they are left out "
-              "of judge_score")
+        print(f"warning: the judge's answer held no score 0-100 for {unscored} of {len(entries)} responses; they are "
+              "left out of judge_score", file=sys.stderr)
     return scores

@@ -165,7 +165,7 @@ def load_task(name: str, config: ZeroShotConfig, tokenizer: Tokenizer, limit: in
     """The task's examples (the first `limit`) from its source in the config, encoded."""
     check_tasks([name], "zero-shot task")
     path = locate_file(getattr(config, f"{name}_source"), getattr(config, f"{name}_sha256"),
-                       f"zero_shot.{name}_source", "JSONL")
+                       f"zero_shot.{name}_source", "JSONL", f"zero_shot.{name}_sha256")
     if name == "lambada":
         return Lambada(read_jsonl(path, {"text": str}, name)[:limit], tokenizer, path)
     fields = {"ctx": str, "ctx_a": str, "ctx_b": str, "activity_label": str, "endings": list, "label": int}

@@ -21,14 +21,15 @@ ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter.safetensors", "adapter_config.json"
 
 def save_adapter(model, folder, lora: LoraConfig, base: str, base_sha256: str | None, extra: tuple[str, ...] = ()):
     """folder/adapter.safetensors (the adapters and the tensors named in extra, e.g. a new head) and
-    adapter_config.json (the LoRA settings and the base model it applies to, with its checksum)."""
+    adapter_config.json (the LoRA settings and the base model it applies to, with its checksum and head count:
+    a book file does not hold it)."""
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()
              if ".lora_" in name or name.startswith(extra)}
     with atomic_path(Path(folder) / ADAPTER_WEIGHTS) as tmp:
         save_file(state, str(tmp))
     atomic_write_text(Path(folder) / ADAPTER_CONFIG, json.dumps(
         {"rank": lora.rank, "alpha": lora.alpha, "scaling": lora.scaling, "layers": list(lora.layers),
-         "base": base, "base_sha256": base_sha256}, indent=2))
+         "base": base, "base_sha256": base_sha256, "base_n_heads": model.config.n_heads}, indent=2))
 
 
 def adapter_config(folder) -> tuple[LoraConfig, dict]:
@@ -37,15 +38,15 @@ def adapter_config(folder) -> tuple[LoraConfig, dict]:
                       save="adapter"), saved
 
 
-def adapter_base_source(folder) -> str:
-    """Where the base model an adapter folder points at is (any source gptcore.formats.loading reads),
-    checked against the checksum recorded with it."""
+def adapter_base_source(folder) -> tuple[str, int | None]:
+    """Where the base model an adapter folder points at is (any source gptcore.formats.loading reads), checked
+    against the checksum recorded with it, and its head count (None from adapters saved before it was kept)."""
     _, saved = adapter_config(folder)
     weights = Path(saved["base"]) / WEIGHTS
     if saved["base_sha256"] and weights.is_file() and sha256_file(weights) != saved["base_sha256"]:
         raise ConfigError(f"{folder}'s adapter was trained on another {weights} (its sha256 differs); restore that "
                           "base model or fine-tune again")
-    return saved["base"]
+    return saved["base"], saved.get("base_n_heads")
 
 
 def save_trained(model, folder, lora: LoraConfig, base: str, extra: tuple[str, ...] = ()) -> None:

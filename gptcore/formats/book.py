@@ -17,8 +17,12 @@ import torch
 from ..atomic import atomic_path
 from ..errors import GptcoreError
 from ..model.gpt import GPT, ModelConfig, sinusoidal_table
+from ..settings.model import PRESETS
 
-HEAD_WIDTH = 64  # every GPT-2 size has 64-wide heads: the head count is not in the tensors' shapes
+# no tensor's shape holds the head count: a file of one of GPT-2's four sizes (layers, width) has GPT-2's, any
+# other must be told it
+GPT2_HEADS = {(preset.n_layers, preset.emb_dim): preset.n_heads for name, preset in PRESETS.items()
+              if name.startswith("gpt2")}
 QKV = ("W_query", "W_key", "W_value")
 # per block: the book's name -> gptcore's (after transformer.h.<i>.)
 BLOCK_NAMES = {
@@ -66,20 +70,20 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     return loaded
 
 
-def infer_config(state: dict[str, torch.Tensor], path, *, n_heads: int | None = None,
-                 drop_rate: float = 0.0) -> ModelConfig:
+def infer_config(state: dict[str, torch.Tensor], path, *, n_heads: int | None = None, drop_rate: float = 0.0,
+                 n_heads_key: str = "model.n_heads, or --n-heads") -> ModelConfig:
     """Layers, width, context, vocabulary, qkv bias and tying from the tensors; the head count (not in
-    any shape) from n_heads, else GPT-2's 64-wide heads."""
+    any shape) from n_heads, else GPT-2's for a file of one of its sizes, else refused, naming n_heads_key."""
     for name in ("tok_emb.weight", "pos_emb.weight"):
         if name not in state:
             raise LfsFormatError(f"{path} has no tensor {name!r}: not a state dict of the book's GPTModel")
     vocab_size, emb_dim = state["tok_emb.weight"].shape
     blocks = {int(match.group(1)) for match in map(BLOCK_KEY.fullmatch, state) if match}
     if n_heads is None:
-        if emb_dim % HEAD_WIDTH:
-            raise LfsFormatError(f"{path}: width {emb_dim} is not a multiple of GPT-2's {HEAD_WIDTH}-wide heads; "
-                                 f"give the head count (model.n_heads, or --n-heads)")
-        n_heads = emb_dim // HEAD_WIDTH
+        n_heads = GPT2_HEADS.get((len(blocks), emb_dim))
+        if n_heads is None:
+            raise LfsFormatError(f"{path}: a book file does not hold its head count, and {len(blocks)} layers of width "
+                                 f"{emb_dim} are none of GPT-2's sizes; give the head count ({n_heads_key})")
     out_head = state.get("out_head.weight")
     return ModelConfig(vocab_size=vocab_size, context_length=state["pos_emb.weight"].shape[0], emb_dim=emb_dim,
                        n_heads=n_heads, n_layers=len(blocks), drop_rate=drop_rate,
@@ -115,10 +119,12 @@ def to_gptcore_names(state: dict[str, torch.Tensor], path) -> dict[str, torch.Te
     return converted
 
 
-def load_lfs(path, *, n_heads: int | None = None, drop_rate: float = 0.0) -> GPT:
-    """A gptcore model from a file saved by the book's code (config inferred from the tensors)."""
+def load_lfs(path, *, n_heads: int | None = None, drop_rate: float = 0.0,
+             n_heads_key: str = "model.n_heads, or --n-heads") -> GPT:
+    """A gptcore model from a file saved by the book's code (config inferred from the tensors, the head count as
+    infer_config takes it)."""
     state = read_state_dict(path)
-    config = infer_config(state, path, n_heads=n_heads, drop_rate=drop_rate)
+    config = infer_config(state, path, n_heads=n_heads, drop_rate=drop_rate, n_heads_key=n_heads_key)
     model = GPT(config)
     converted = to_gptcore_names(state, path)
     if config.tie_embeddings:

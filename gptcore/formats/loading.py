@@ -14,17 +14,19 @@ from .huggingface import OFFICIAL_MODELS, load_hf_folder, load_official
 from .model_folder import CLASSIFIER_FILE, MODEL_CONFIG, WEIGHTS, load_model_folder
 
 
-def load_model(source, *, drop_rate: float | None = None, n_heads: int | None = None) -> GPT:
+def load_model(source, *, drop_rate: float | None = None, n_heads: int | None = None,
+               n_heads_key: str = "model.n_heads, or --n-heads") -> GPT:
     """OpenAI's weights by official name (gpt2 ... gpt2-xl, from the Hub), a model saved by save_model
     (folder), LoRA adapters saved beside a pointer to their base (folder), a Hugging Face GPT-2 folder
     (config.json + model.safetensors) or a file saved by the book's code (model.pth, see gptcore.formats.book).
     drop_rate replaces the saved one; n_heads is the head count of a book file, whose tensors do not
-    hold it."""
+    hold it (a file of a GPT-2 size has GPT-2's, another is refused naming n_heads_key)."""
     if str(source) in OFFICIAL_MODELS:
         return load_official(str(source), drop_rate=drop_rate)
     source = Path(source)
     if source.is_file():
-        return load_lfs(source, n_heads=n_heads, drop_rate=ModelConfig.drop_rate if drop_rate is None else drop_rate)
+        return load_lfs(source, n_heads=n_heads, drop_rate=ModelConfig.drop_rate if drop_rate is None else drop_rate,
+                        n_heads_key=n_heads_key)
     if (source / CLASSIFIER_FILE).is_file():
         raise ConfigError(f"{source} is a classifier ({CLASSIFIER_FILE}): its head scores classes, not tokens; "
                           "`gptcore classify` runs it, and a language model (a model folder, an official name) is "
@@ -43,7 +45,8 @@ def load_model(source, *, drop_rate: float | None = None, n_heads: int | None = 
 
 def adapter_base(folder, drop_rate: float | None = None) -> GPT:
     """The base model an adapter folder points at, checked against the checksum recorded with it."""
-    return load_model(adapter_base_source(folder), drop_rate=drop_rate)
+    source, n_heads = adapter_base_source(folder)
+    return load_model(source, drop_rate=drop_rate, n_heads=n_heads)
 
 
 ARCHITECTURE_FIELDS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -34,7 +35,8 @@ def build_classifier(params: Params, n_classes: int):
     """The book's transform of the pretrained model: a new head drawn after torch.manual_seed(seed), then
     the layers that train (classify.trainable), or LoRA adapters on a frozen model (classify_lora)."""
     settings, lora = params.classify, params.classify_lora
-    model = load_model(settings.init_from, drop_rate=settings.drop_rate)
+    model = load_model(settings.init_from, drop_rate=settings.drop_rate, n_heads=settings.n_heads,
+                       n_heads_key="classify.n_heads")
     torch.manual_seed(params.classify_train.seed)
     attach_head(model, n_classes)
     if lora.rank:
@@ -54,8 +56,8 @@ def encode_splits(splits_dir: Path, names, max_length: int | None, context_lengt
     result = {name: encode_split(encoded[name], texts[name]["label"], length, pad_id, position) for name in names}
     for name, split in result.items():
         if split.truncated:
-            print(f"{name}: {split.truncated} of {len(split.labels)} texts are longer than {length} tokens and were "
-                  "cut to it")
+            print(f"warning: {name}: {split.truncated} of {len(split.labels)} texts are longer than {length} tokens "
+                  "and were cut to it", file=sys.stderr)
     return result, length
 
 
@@ -77,7 +79,7 @@ def finetune_classifier(params: Params, *, splits_dir: Path, model_dir: Path, me
     checkpoint_dir = repo_root() / "checkpoints" / f"classify-{run_key(params, splits_dir, SECTIONS)}"
     task = Classification(splits["train"], splits["validation"], cache_frozen=settings.cache_frozen)
     trainer, history, tracker, seconds = fit_tracked(
-        model, task, train, params.tracking, checkpoint_dir, stage="classify",
+        model, task, train, "classify_train", params.tracking, checkpoint_dir, stage="classify",
         tags={"task": "classification", "base_model": settings.init_from},
         params={k: params.values[k] for k in SECTIONS},
         dataset=(Path(settings.source).name, meta["sha256"], settings.source,

@@ -14,13 +14,13 @@ import shutil
 import time
 from pathlib import Path
 
+from ..errors import keys_renamed
 from ..params import Params
 from ..settings.tracking import TrackingConfig
 from ..settings.train import TrainConfig
 from ..tracking.metrics import TrackingCallback
 from ..tracking.runs import RUN_FILE, Tracker
 from ..training.callbacks import PrintProgress
-from ..training.checkpoint import latest_checkpoint
 from ..training.trainer import Trainer
 
 
@@ -31,22 +31,25 @@ def run_key(params: Params, splits_dir: Path, sections: tuple[str, ...]) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def fit_tracked(model, task, config: TrainConfig, tracking: TrackingConfig, checkpoint_dir: Path, *, stage: str,
-                tags: dict, params: dict, dataset: tuple) -> tuple[Trainer, dict, Tracker | None, float]:
-    """Fine-tune on a task in the one training loop, resuming an interrupted run (and its MLflow run);
-    a new run logs params and the dataset (Tracker.log_dataset's arguments). (trainer, history, tracker,
-    seconds)."""
+def fit_tracked(model, task, config: TrainConfig, section: str, tracking: TrackingConfig, checkpoint_dir: Path, *,
+                stage: str, tags: dict, params: dict, dataset: tuple) -> tuple[Trainer, dict, Tracker | None, float]:
+    """Fine-tune on a task in the one training loop with config, params.yaml's `section` (which the loop's errors
+    name), resuming an interrupted run and continuing its MLflow run (also one killed before its first
+    checkpoint); a new run logs params and the dataset (Tracker.log_dataset's arguments). (trainer, history,
+    tracker, seconds)."""
     tracker = None
     if tracking.enabled:
-        if latest_checkpoint(checkpoint_dir) is not None and (checkpoint_dir / RUN_FILE).is_file():
-            tracker = Tracker.attach(tracking, checkpoint_dir, {}, stage)
-        else:
+        if (checkpoint_dir / RUN_FILE).is_file():
+            tracker = Tracker.resume(tracking, checkpoint_dir)
+        if tracker is None:
             tracker = Tracker.start(tracking, name=f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}", tags=tags,
                                     params=params)
             tracker.log_dataset(*dataset)
             tracker.write_run_file(checkpoint_dir)
-    callbacks = [PrintProgress()] + ([TrackingCallback(tracker, tracking.log_every)] if tracker else [])
-    trainer = Trainer(model, config, task, checkpoint_dir=checkpoint_dir, callbacks=callbacks)
+    callbacks = [PrintProgress()] + \
+        ([TrackingCallback(tracker, tracking.log_every, tracker.logged_through)] if tracker else [])
+    with keys_renamed("train", lambda key: f"{section}.{key}"):
+        trainer = Trainer(model, config, task, checkpoint_dir=checkpoint_dir, callbacks=callbacks)
     if trainer.resume():
         print(f"resuming from step {trainer.step} ({checkpoint_dir})")
     started = time.perf_counter()

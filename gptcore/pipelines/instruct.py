@@ -39,7 +39,8 @@ def build_instruction_model(params: Params):
     """The pretrained model with its head apart from the token embedding (OpenAI's are tied; the book's
     GPTModel holds a copy in its out_head), every layer training (the book), or frozen with LoRA adapters
     drawn after torch.manual_seed(seed) (its exercise 7.4)."""
-    model = load_model(params.instruct.init_from, drop_rate=params.instruct.drop_rate)
+    model = load_model(params.instruct.init_from, drop_rate=params.instruct.drop_rate, n_heads=params.instruct.n_heads,
+                       n_heads_key="instruct.n_heads")
     model.untie_embeddings()
     if params.instruct_lora.rank:
         torch.manual_seed(params.instruct_train.seed)
@@ -50,7 +51,10 @@ def build_instruction_model(params: Params):
 def finetune_instructions(params: Params, *, splits_dir: Path, model_dir: Path, metrics_file: Path,
                           plots_dir: Path) -> dict:
     """Fine-tune on the instruction entries (resuming an interrupted run) and write the model with its
-    template, its metrics and loss curves; log and register it."""
+    template, its metrics and loss curves; log and register it. With judge.enabled, a judge that does not
+    answer stops it before any work, not after the fine-tuning and the responses."""
+    if params.judge.enabled:
+        check_judge(params.judge)
     settings, train = params.instruct, params.instruct_train
     meta = json.loads((Path(splits_dir) / "meta.json").read_text())
     tokenizer, template = Tokenizer(), Template.of(settings)
@@ -60,7 +64,7 @@ def finetune_instructions(params: Params, *, splits_dir: Path, model_dir: Path, 
     task = InstructionTuning(encoded["train"], encoded["validation"], settings)
     checkpoint_dir = repo_root() / "checkpoints" / f"instruct-{run_key(params, splits_dir, SECTIONS)}"
     trainer, history, tracker, seconds = fit_tracked(
-        model, task, train, params.tracking, checkpoint_dir, stage="instruct",
+        model, task, train, "instruct_train", params.tracking, checkpoint_dir, stage="instruct",
         tags={"task": "instruction", "base_model": settings.init_from},
         params={k: params.values[k] for k in SECTIONS},
         dataset=(Path(settings.source).name, meta["sha256"], settings.source, {"entries": meta["entries"]}))
@@ -84,7 +88,8 @@ def finetune_instructions(params: Params, *, splits_dir: Path, model_dir: Path, 
                       to_csv(history["evals"], {"train_loss": "train_loss", "val_loss": "val_loss"}))
     example = read_split(splits_dir, "test")[0]
     finish_tracked(tracker, trainer, model_dir, checkpoint_dir, seconds, settings.registered_model,
-                   lambda: log_instruction_model(tracker, model_dir, settings.registered_model, example))
+                   lambda: log_instruction_model(tracker, model_dir, settings.registered_model, example,
+                                                 settings.max_new_tokens))
     return metrics | {"wall_seconds": seconds}
 
 

@@ -38,7 +38,6 @@ from ..tracking.plots import draw_plots, write_plot_data
 from ..tracking.runs import RUN_FILE, Tracker, repo_root
 from ..training import distributed
 from ..training.callbacks import PrintProgress
-from ..training.checkpoint import latest_checkpoint
 from ..training.trainer import Trainer
 
 
@@ -52,10 +51,10 @@ def checkpoint_folder(params: Params, tokens_dir: Path) -> Path:
 
 
 def start_or_resume_run(params: Params, checkpoint_dir: Path, tokens_dir: Path) -> Tracker:
-    """Reattach to the MLflow run of an interrupted training run, or start the pipeline's run with the
-    corpus as its dataset input."""
-    if latest_checkpoint(checkpoint_dir) is not None and (checkpoint_dir / RUN_FILE).is_file():
-        return Tracker.attach(params.tracking, checkpoint_dir, {}, "train")
+    """Continue the MLflow run of a stopped or killed training run (from its checkpoint, or from the start when it
+    died before the first), or start the pipeline's run with the corpus as its dataset input."""
+    if (checkpoint_dir / RUN_FILE).is_file() and (tracker := Tracker.resume(params.tracking, checkpoint_dir)):
+        return tracker
     tracker = Tracker.start(params.tracking, name=f"{params.model.preset}-{time.strftime('%Y%m%d-%H%M%S')}",
                             tags={"model_preset": params.model.preset},
                             params={**{k: params.values[k] for k in ("data", "model", "train", "lora", "tracking")},
@@ -97,7 +96,8 @@ def train(params: Params, *, tokens_dir: Path, model_dir: Path, metrics_file: Pa
             apply_lora(model, params.lora)
         tracker = start_or_resume_run(params, checkpoint_dir, tokens_dir) \
             if params.tracking.enabled and ranks.is_main else None
-        callbacks = [PrintProgress()] + ([TrackingCallback(tracker, params.tracking.log_every)] if tracker else [])
+        callbacks = [PrintProgress()] + \
+            ([TrackingCallback(tracker, params.tracking.log_every, tracker.logged_through)] if tracker else [])
         task = LanguageModeling(load_tokens(tokens_dir / "train.bin"), load_tokens(tokens_dir / "val.bin"), probe)
         trainer = Trainer(model, params.train, task, tokenizer=Tokenizer(), checkpoint_dir=checkpoint_dir,
                           callbacks=callbacks)

@@ -1,6 +1,7 @@
 """The fine-tuned instruction model as an MLflow pyfunc, logged "from code" (as the language model is):
 rows of `instruction` and an optional `input` in, formatted with the template the model was trained on,
-rows of `response` out (greedy, as the pipeline's test responses and `gptcore instruct`).
+rows of `response` out: greedy, as the pipeline's test responses and `gptcore instruct`, unless the request's
+params (the generate section's sampler settings, checked as everywhere) say otherwise.
 
     mlflow.pyfunc.load_model("models:/gptcore-instruct/1").predict(
         pd.DataFrame([{"instruction": "Rewrite the sentence in passive voice.", "input": "The cat ate the fish."}]))
@@ -22,11 +23,15 @@ class GptcoreInstruct(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         from gptcore.serving.requests import request_errors
+        from gptcore.settings.generate import GenerateConfig
         from gptcore.tasks.instruction_tuning import answer
 
-        with request_errors():
+        with request_errors(section="generate"):
             rows = model_input.to_dict("records") if isinstance(model_input, pd.DataFrame) else list(model_input)
-            responses = answer(self.model, self.template, self.info, rows, self.tokenizer, self.runtime)
+            sampler = GenerateConfig(**{"temperature": 0.0, "max_new_tokens": self.info["max_new_tokens"],
+                                        **(params or {})})
+            responses = answer(self.model, self.template, self.info, rows, self.tokenizer, self.runtime,
+                               max_new_tokens=sampler.max_new_tokens, sampler=sampler)
             return pd.DataFrame({"response": responses})
 
 

@@ -149,3 +149,9 @@ def check_split_ratios(instance, section: str, first: str, second: str, rest: st
 def registered_model_setting(name: str, doc: str = "registered model name in MLflow; null = logged with the "
                                                   "run, not registered") -> Field:
     return setting(name, doc, model_name=True)
+
+
+def book_heads_setting() -> Field:
+    """A fine-tuning section's `n_heads`: the head count of a book file it starts from (gptcore.formats.book)."""
+    return setting(None, "the head count of a book model.pth init_from, whose tensors do not hold it; null: GPT-2's "
+                         "for a file of one of its four sizes, else refused", low=1)

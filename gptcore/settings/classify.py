@@ -4,8 +4,9 @@
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from . import (check_fields, check_source_checksum, check_split_ratios, checksum_setting,
+from . import (book_heads_setting, check_fields, check_source_checksum, check_split_ratios, checksum_setting,
                registered_model_setting, setting)
+from .train import fine_tuning_docs
 
 SPAM_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
 SPAM_MEMBER = "SMSSpamCollection"
@@ -23,6 +24,13 @@ POSITIONS = ("last", "last_token")
 CLASSIFY_TRAIN_DEFAULTS = dict(epochs=5, batch_size=8, peak_lr=5e-5, warmup_steps=0, cosine_decay=False,
                                max_grad_norm=0.0, eval_freq=50, eval_offset=1, eval_iter=5, sample_prompt=None,
                                sample_tokens=0, checkpoint_every=0)
+# what those settings mean for the classifier, where the training loop's own words describe pretraining
+CLASSIFY_TRAIN_DOCS = fine_tuning_docs(
+    "rows", 5, 50, "the new head", sample_prompt="greedy sample at each epoch end; null: none (a class head writes no "
+                                                 "text)",
+    sample_tokens="tokens of that sample; 0 = no sample (a class head writes no text)",
+    checkpoint_every="steps between resume checkpoints (also at the end and on SIGTERM); 0 = only those (the "
+                     "book's run is minutes)")
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class ClassifyConfig:
     pad_id: int = setting(50256, "pads every text to max_length (<|endoftext|>, as the book)", low=0)
     init_from: str = setting("models", "the pretrained model: models (this project's train stage) | gpt2 ... "
                                        "gpt2-xl | a model folder | a book model.pth")
+    n_heads: int | None = book_heads_setting()
     drop_rate: float = setting(0.0, "dropout while fine-tuning (the book: 0)", low=0.0, high=1.0, high_open=True)
     trainable: str = setting("last_block", "last_block: the last block, final LayerNorm and head (the book) | "
                                            "all | head; with LoRA only the adapters train", choices=TRAINABLE)

@@ -5,8 +5,9 @@ import re
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from . import (check_fields, check_source_checksum, check_split_ratios, checksum_setting,
+from . import (book_heads_setting, check_fields, check_source_checksum, check_split_ratios, checksum_setting,
                registered_model_setting, setting)
+from .train import fine_tuning_docs
 
 INSTRUCTIONS_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/"
                     "instruction-data.json")
@@ -26,6 +27,12 @@ PLACEHOLDER = re.compile(r"\{\w+\}")
 INSTRUCT_TRAIN_DEFAULTS = dict(epochs=2, batch_size=8, peak_lr=5e-5, warmup_steps=0, cosine_decay=False,
                                max_grad_norm=0.0, eval_freq=5, eval_offset=1, eval_iter=5, sample_prompt=None,
                                sample_tokens=0, checkpoint_every=50)
+# what those settings mean for instruction tuning, where the training loop's own words describe pretraining
+INSTRUCT_TRAIN_DOCS = fine_tuning_docs(
+    "entries", 2, 5, "the LoRA adapters", sample_prompt="greedy sample at each epoch end; null: none (the test "
+                                                        "responses are a stage of their own)",
+    sample_tokens="tokens of that sample; 0 = no sample",
+    checkpoint_every="steps between resume checkpoints (also at the end and on SIGTERM); 0 = only those")
 
 
 def template_parts(config: "InstructConfig") -> tuple[str, str, str]:
@@ -66,6 +73,7 @@ class InstructConfig:
     ignore_index: int = setting(-100, "target id the loss skips: the padding after each entry's end-of-text")
     init_from: str = setting("models", "the pretrained model: models (this project's train stage) | gpt2 ... "
                                        "gpt2-xl (the book: gpt2-medium) | a model folder | a book model.pth")
+    n_heads: int | None = book_heads_setting()
     drop_rate: float = setting(0.0, "dropout while fine-tuning (the book: 0)", low=0.0, high=1.0, high_open=True)
     max_new_tokens: int = setting(256, "tokens generated per test response at most (greedy, stopping at "
                                        "<|endoftext|> or the model's context)", low=1)

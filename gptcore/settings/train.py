@@ -20,8 +20,8 @@ class TrainConfig:
     max_steps: int | None = setting(None, "... or a number of optimizer steps (wins when set)", low=1)
     batch_size: int = setting(2, "windows per process and micro-step", low=1)
     grad_accum_steps: int = setting(1, "micro-steps per optimizer step", low=1)
-    windows: str = setting("sliding", "sliding: the book's windows, exact epochs | random: nanoGPT's get_batch",
-                           choices=WINDOWS)
+    windows: str = setting("sliding", "sliding: the book's windows, exact epochs | random: nanoGPT's get_batch, no "
+                                      "epochs (set max_steps)", choices=WINDOWS)
     stride: int | None = setting(None, "between sliding windows; null = context_length (no overlap)", low=1)
     shuffle: bool = setting(True, "shuffle the sliding windows each epoch")
     drop_last: bool = setting(True, "drop an epoch's incomplete last batch")
@@ -60,3 +60,25 @@ class TrainConfig:
         check_fields(self, "train")
         if self.epochs is None and self.max_steps is None:
             raise ConfigError("train.epochs and train.max_steps are both null; set one of them")
+        if self.windows == "random" and self.max_steps is None:
+            raise ConfigError("train.windows = 'random' draws windows anywhere, with no epochs: set train.max_steps, "
+                              "the steps to train")
+
+
+def fine_tuning_docs(rows: str, epochs: int, eval_freq: int, drawn: str, **own: str) -> dict[str, str]:
+    """A fine-tuning section's words for the keys whose defaults (the book's) or meaning are its own, where the
+    fields' docs describe pretraining: its `rows` (texts, entries), the book's epochs and eval_freq, what its seed
+    draws, and its `own` docs."""
+    return dict(epochs=f"passes over the training {rows} (the book: {epochs}) ...",
+                batch_size=f"{rows} per micro-step (the book: 8)",
+                windows=f"sliding: the {rows} in epochs (random windows are language modelling's)",
+                stride="unused: a row is one example", shuffle=f"shuffle the {rows} each epoch (the book)",
+                peak_lr="AdamW's learning rate (the book: 5e-5) ...", initial_lr="... warmed up from here ...",
+                warmup_steps="... over this many steps: none in the book",
+                cosine_decay="then cosine decay: off, a constant rate (the book) ...",
+                min_lr="... towards here, with cosine_decay",
+                max_grad_norm="global L2 clipping; 0 turns it off (the book) ...",
+                eval_freq=f"evaluate every this many steps (the book: {eval_freq}) ...",
+                eval_offset="... counted from step 1, as the book's global_step % eval_freq == 0 ...",
+                eval_iter="... on this many batches of each split (the book: 5)",
+                seed=f"of {drawn}, dropout and the order of the {rows}", **own)

@@ -169,6 +169,7 @@ class Classification(Task):
             raise ConfigError("classify_train: classification runs in one process on the rows in epochs; set "
                               "classify_train.nproc: 1 and windows: sliding")
         check_rows(len(self.splits["train"].labels), config)
+        self.row_tokens = self.splits["train"].ids.shape[1]  # every text cut and padded to one length
         start = frozen_blocks(model) if self.cache_frozen else 0
         self.module = SequenceClassifier(model, start)
         datasets = {name: TensorDataset(stream_before(model, split.ids, start, runtime) if start else split.ids,
@@ -228,7 +229,9 @@ def classify(classifier: SequenceClassifier, info: dict, texts: list[str], token
     """The label and the class probabilities of each text, prepared as in training (the book's
     classify_review: cut to max_length, padded, read at the classifying position)."""
     for index, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):
+            raise ConfigError(f"text {index} is {text!r}, not text; give a text to classify")
+        if not text.strip():
             raise ConfigError(f"text {index} is empty; give a text to classify")
     encoded = encode_split(tokenizer.encode_batch(texts), [0] * len(texts), info["max_length"], info["pad_id"],
                            info["position"])

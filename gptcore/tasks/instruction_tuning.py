@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,11 +23,13 @@ from ..atomic import atomic_write_text
 from ..data.loaders import SplitTooShortError, make_dataloader, to_device
 from ..errors import ConfigError, MissingInputError
 from ..formats.loading import load_model
-from ..model.sampling import generate_batched, new_token_budget
+from ..model.sampling import check_prompt, generate_batched, new_token_budget
+from ..settings.generate import GenerateConfig
 from ..settings.instruct import InstructConfig, template_parts
 from ..training.task import Task
 
 INSTRUCT_FILE = "instruct.json"
+SAMPLING = ("temperature", "top_k", "top_p", "seed")  # the generate settings a response may be sampled with
 
 
 @dataclass(frozen=True)
@@ -146,8 +149,8 @@ class InstructionTuning(Task):
         self.limit = length_limit(self.config, model.config.context_length)
         for name, encoded in self.splits.items():
             if cut := count_cut(encoded, self.limit):
-                print(f"{name}: {cut} of {len(encoded.ids)} entries are longer than {self.limit} tokens and were cut "
-                      "to it")
+                print(f"warning: {name}: {cut} of {len(encoded.ids)} entries are longer than {self.limit} tokens and "
+                      "were cut to it", file=sys.stderr)
         self.module = InstructionModel(model, self.config.ignore_index)
         self.train_loader = loaders_for(self.splits["train"], self.config, self.limit, batch_size=config.batch_size,
                                         shuffle=config.shuffle, drop_last=config.drop_last, seed=config.seed,
@@ -203,9 +206,10 @@ def padding_share(encoded: EncodedEntries, batches_of: list[list[int]], limit: i
 # -- responses ------------------------------------------------------------------------------------------
 
 def respond(model, template: Template, entries: list[dict], tokenizer, *, max_new_tokens: int, batch_size: int,
-            runtime) -> tuple[list[str], dict]:
-    """Each entry's greedy response to its formatted prompt (the book's generate and its stripping), and
-    what the decoding did: tokens generated, prompts cut to the context, responses the context stopped."""
+            runtime, sampler: GenerateConfig | None = None) -> tuple[list[str], dict]:
+    """Each entry's response to its formatted prompt, greedy to its end-of-text (the book's generate and its
+    stripping) or as sampler samples (its temperature, top_k, top_p, seed and stop_at_eos), and what the
+    decoding did: tokens generated, prompts cut to the context, responses the context stopped."""
     context = model.config.context_length
     prompts = [template.format_prompt(entry["instruction"], entry["input"]) for entry in entries]
     encoded = tokenizer.encode_batch(prompts)
@@ -213,11 +217,14 @@ def respond(model, template: Template, entries: list[dict], tokenizer, *, max_ne
     encoded = [ids[-context:] for ids in encoded]
     if cut:
         prompts = [tokenizer.decode(ids) for ids in encoded]
-        print(f"{cut} of {len(entries)} prompts are longer than the model's context of {context} tokens; their "
-              "last tokens were kept")
+        print(f"warning: {cut} of {len(entries)} prompts are longer than the model's context of {context} tokens; "
+              "their last tokens were kept", file=sys.stderr)
     model.to(runtime.device)
     with runtime.autocast():
-        new = generate_batched(model, encoded, max_new_tokens, eos_id=tokenizer.eot_id, batch_size=batch_size)
+        sampling = {} if sampler is None else {name: getattr(sampler, name) for name in SAMPLING}
+        stop = sampler is None or sampler.stop_at_eos
+        new = generate_batched(model, encoded, max_new_tokens, eos_id=tokenizer.eot_id if stop else None,
+                               batch_size=batch_size, **sampling)
     responses = [template.response_of(tokenizer.decode(ids + tokens)[len(prompt):])
                  for ids, tokens, prompt in zip(encoded, new, prompts)]
     stopped = sum(len(tokens) == new_token_budget(len(ids), context, max_new_tokens) < max_new_tokens
@@ -244,9 +251,10 @@ def load_instruct_model(folder):
 
 
 def answer(model, template: Template, info: dict, rows: list[dict], tokenizer, runtime,
-           max_new_tokens: int | None = None) -> list[str]:
+           max_new_tokens: int | None = None, sampler: GenerateConfig | None = None) -> list[str]:
     """The responses to rows of {instruction, input (optional)}: what the served model and `gptcore instruct`
-    return, decoded as the pipeline's test responses."""
+    return, decoded as the pipeline's test responses (greedy, at most the trained max_new_tokens) unless told
+    otherwise."""
     entries = []
     for index, row in enumerate(rows):
         instruction, input_text = row.get("instruction"), row.get("input")
@@ -255,8 +263,11 @@ def answer(model, template: Template, info: dict, rows: list[dict], tokenizer, r
         if input_text is None or isinstance(input_text, float) and math.isnan(input_text):  # a DataFrame's gap
             input_text = ""
         if not isinstance(input_text, str):
-            raise ConfigError(f"row {index}: input is {type(input_text).__name__}, not text; give text or leave it out")
+            raise ConfigError(f"row {index}: input is {input_text!r}, not text; give text or leave it out")
         entries.append({"instruction": instruction, "input": input_text})
+        prompt = tokenizer.encode(template.format_prompt(instruction, input_text))
+        check_prompt(len(prompt), model.config.context_length,
+                     f"row {index}'s prompt (the template with its instruction and input)")
     responses, _ = respond(model, template, entries, tokenizer, max_new_tokens=max_new_tokens or info["max_new_tokens"],
-                           batch_size=16, runtime=runtime)
+                           batch_size=16, runtime=runtime, sampler=sampler)
     return responses

@@ -19,7 +19,7 @@ class LanguageModeling(Task):
         self.train_tokens, self.val_tokens, self.zero_shot = train_tokens, val_tokens, zero_shot
 
     def bind(self, model, config, runtime, ranks, pin_memory: bool) -> None:
-        context = model.config.context_length
+        context = self.row_tokens = model.config.context_length
         self.batch_size, self.world_size, self.pin_memory = config.batch_size, ranks.world_size, pin_memory
         self.train_windows = GPTDataset(self.train_tokens, context, config.stride or context, "train")
         self.val_windows = GPTDataset(self.val_tokens, context, context, "validation")

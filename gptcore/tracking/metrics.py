@@ -16,17 +16,23 @@ EVAL_METRICS = {f"eval/{column}": key for column, key in CURVES["eval"].items() 
 class TrackingCallback(TrainerCallback):
     """Buffers per-step metrics and sends them in one batch every log_every steps (and at evaluations)."""
 
-    def __init__(self, tracker: Tracker, log_every: int = 10):
+    def __init__(self, tracker: Tracker, log_every: int = 10, logged_through: dict | None = None):
         self.tracker, self.log_every = tracker, log_every
+        self.logged_through = logged_through or {}  # a continued run's last step of each metric (Tracker.resume)
         self.pending = []
 
+    def queue(self, values: dict, step: int):
+        """values at step, but those the run already holds."""
+        self.pending += as_metrics({name: value for name, value in values.items()
+                                    if step > self.logged_through.get(name, -1)}, step)
+
     def on_step(self, record: dict):
-        self.pending += as_metrics({name: record[key] for name, key in STEP_METRICS.items()}, record["step"])
+        self.queue({name: record[key] for name, key in STEP_METRICS.items()}, record["step"])
         if record["step"] % self.log_every == 0:
             self.flush()
 
     def on_eval(self, record: dict):
-        self.pending += as_metrics({name: record[key] for name, key in EVAL_METRICS.items()}, record["step"])
+        self.queue({name: record[key] for name, key in EVAL_METRICS.items()}, record["step"])
         self.flush()
 
     def on_epoch(self, record: dict):
@@ -37,8 +43,8 @@ class TrackingCallback(TrainerCallback):
 
     def log_measured(self, prefix: str, record: dict):
         """A record's measurements as <prefix>/<key> at its step, sent now."""
-        self.pending += as_metrics({f"{prefix}/{key}": value for key, value in record.items()
-                                    if key not in RECORD_KEYS}, record["step"])
+        self.queue({f"{prefix}/{key}": value for key, value in record.items() if key not in RECORD_KEYS},
+                   record["step"])
         self.flush()
 
     def on_sample(self, record: dict):

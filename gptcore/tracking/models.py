@@ -15,7 +15,7 @@ from ..settings import rule
 from ..settings.generate import GenerateConfig
 from .runs import Tracker
 
-# the generate settings the logged language model takes as inference params
+# the generate settings the served language and instruction models take as inference params
 MODEL_PARAMS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop_at_eos")
 
 
@@ -25,14 +25,10 @@ def log_language_model(tracker: Tracker, model_dir, registered_name: str | None,
     Returns the registered version (None when not registered)."""
     import pandas as pd
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import ColSpec, Schema
 
-    defaults = GenerateConfig()
-    kinds = {"int": "long", "float": "double", "bool": "boolean"}
-    params = ParamSchema([ParamSpec(name, kinds[rule(GenerateConfig.__dataclass_fields__[name]).kind],
-                                    getattr(defaults, name)) for name in MODEL_PARAMS])
     signature = ModelSignature(inputs=Schema([ColSpec("string", "prompt")]),
-                               outputs=Schema([ColSpec("string", "text")]), params=params)
+                               outputs=Schema([ColSpec("string", "text")]), params=sampler_params(GenerateConfig()))
     return log_pyfunc(tracker, "language_model.py", model_dir, signature, registered_name,
                       (pd.DataFrame({"prompt": [example_prompt]}), {"max_new_tokens": 5}))
 
@@ -51,18 +47,30 @@ def log_classifier(tracker: Tracker, model_dir, registered_name: str | None, lab
                       pd.DataFrame({"text": [example_text]}))
 
 
-def log_instruction_model(tracker: Tracker, model_dir, registered_name: str | None, example: dict) -> str | None:
+def log_instruction_model(tracker: Tracker, model_dir, registered_name: str | None, example: dict,
+                          max_new_tokens: int) -> str | None:
     """The instruction model in model_dir as the run's MLflow model (gptcore/serving/instruction_model.py):
-    `instruction` and an optional `input` in, `response` out. Returns the registered version."""
+    `instruction` and an optional `input` in, `response` out, the sampler params greedy and at most the
+    max_new_tokens it was trained with by default. Returns the registered version."""
     import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
     signature = ModelSignature(
         inputs=Schema([ColSpec("string", "instruction"), ColSpec("string", "input", required=False)]),
-        outputs=Schema([ColSpec("string", "response")]))
+        outputs=Schema([ColSpec("string", "response")]),
+        params=sampler_params(GenerateConfig(temperature=0.0, max_new_tokens=max_new_tokens)))
     return log_pyfunc(tracker, "instruction_model.py", model_dir, signature, registered_name,
                       pd.DataFrame([{"instruction": example["instruction"], "input": example["input"]}]))
+
+
+def sampler_params(defaults: GenerateConfig):
+    """The generate settings a served model takes as inference params (MODEL_PARAMS), with these defaults."""
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    kinds = {"int": "long", "float": "double", "bool": "boolean"}
+    return ParamSchema([ParamSpec(name, kinds[rule(GenerateConfig.__dataclass_fields__[name]).kind],
+                                  getattr(defaults, name)) for name in MODEL_PARAMS])
 
 
 def log_pyfunc(tracker: Tracker, python_model: str, model_dir, signature, registered_name: str | None,

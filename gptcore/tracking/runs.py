@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -81,9 +82,11 @@ def as_metrics(values: dict, step: int) -> list:
 class Tracker:
     """A handle on one MLflow run; every write goes through MlflowClient in batches."""
 
-    def __init__(self, client, uri: str, run_id: str, last_step: int = 0):
+    def __init__(self, client, uri: str, run_id: str, last_step: int = 0, logged_through: dict | None = None):
         self.client, self.uri, self.run_id = client, uri, run_id
         self.last_step = last_step  # of the training run, where later stages log their summary metrics
+        # a continued run's metrics -> the last step it holds of each: those steps are not logged again
+        self.logged_through = logged_through
 
     @classmethod
     def connect(cls, tracking: TrackingConfig):
@@ -108,7 +111,8 @@ class Tracker:
                         f"MLflow tracking server {uri} is unreachable ({type(error).__name__}); start it, unset "
                         f"MLFLOW_TRACKING_URI to use the local store, or set tracking.on_unreachable: local"
                     ) from None
-                print(f"warning: MLflow server {uri} unreachable; logging to the local store {local_uri}")
+                print(f"warning: MLflow server {uri} unreachable; logging to the local store {local_uri}",
+                      file=sys.stderr)
                 uri = None
         if uri:
             return client, uri, cls.experiment_id(client, tracking.experiment, None), root
@@ -177,6 +181,21 @@ class Tracker:
             tracker.client.log_batch(tracker.run_id, params=new)
         return tracker
 
+    @classmethod
+    def resume(cls, tracking: TrackingConfig, folder) -> "Tracker | None":
+        """Continue the unfinished run recorded in folder by a stage that was stopped or killed, whether it
+        resumes from a checkpoint or starts again (killed before the first): one run per pipeline execution,
+        and no step logged twice. None when that run is gone from the store."""
+        client, uri, _, _ = cls.connect(tracking)
+        run_id = json.loads((Path(folder) / RUN_FILE).read_text()).get("run_id")
+        try:
+            metrics = client.get_run(run_id).data.metrics
+        except Exception:  # not in this store (another tracking URI, a deleted run)
+            return None
+        logged_through = {key: max(point.step for point in client.get_metric_history(run_id, key)) for key in metrics}
+        client.update_run(run_id, status="RUNNING")
+        return cls(client, uri, run_id, logged_through=logged_through)
+
     def log_metrics(self, metrics: dict, step: int | None = None):
         self.client.log_batch(self.run_id, metrics=as_metrics(metrics, step or 0))
 
@@ -210,7 +229,8 @@ class Tracker:
             return
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=seconds, tracking_uri=self.uri)
+        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=seconds, tracking_uri=self.uri,
+                                       resume_logging=self.logged_through is not None)
         monitor.start()
         try:
             yield

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
 import subprocess
 import time
 
@@ -15,37 +19,81 @@ def chart_view_url(base: str, experiment_id: str) -> str:
 
 
 def serve_ui(experiment: str, host: str, port: int, open_browser: bool) -> None:
-    """`mlflow ui` on the project's embedded store (its artifact root included), until interrupted; the
-    chart view of `experiment` (created if it is new, as training runs) is printed and, where a browser can
-    be started, opened."""
+    """`mlflow ui` on the project's embedded store (its artifact root included), until interrupted (Ctrl-C,
+    SIGTERM or SIGHUP, which stop its workers too); the chart view of `experiment` (created if it is new, as
+    training runs) is printed and, where a browser can be started, opened. A port already taken is refused
+    before anything starts."""
     import urllib.request
     import webbrowser
 
+    refuse_a_taken_port(host, port)
     root = repo_root()
     _, uri, experiment_id = Tracker.open_local(root, experiment)
     _, artifact_root = local_store(root)
     base = f"http://{host}:{port}"
-    server = subprocess.Popen(["mlflow", "ui", "--backend-store-uri", uri, "--default-artifact-root", artifact_root,
-                               "--host", host, "--port", str(port)])
+    with stopped_by_signals():
+        # a session of its own: its workers are the group stopped at the end, whatever stops this process
+        server = subprocess.Popen(["mlflow", "ui", "--backend-store-uri", uri, "--default-artifact-root",
+                                   artifact_root, "--host", host, "--port", str(port)], start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while server.poll() is None:
+                try:
+                    urllib.request.urlopen(f"{base}/health", timeout=2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise TrackingUnavailable(f"mlflow ui did not answer on {base} within 120 s") from None
+                    time.sleep(0.5)
+            else:
+                raise TrackingUnavailable(f"mlflow ui exited ({server.returncode}); is port {port} free? (--port)")
+            url = chart_view_url(base, experiment_id)
+            print(f"MLflow UI of {root / 'mlruns'}: {url}", flush=True)
+            if open_browser:
+                webbrowser.open(url)
+            server.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop_group(server)
+
+
+def refuse_a_taken_port(host: str, port: int) -> None:
+    with socket.socket() as probe:
+        # as mlflow ui binds: a closed connection in TIME_WAIT does not take the port, a listener does
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise TrackingUnavailable(f"port {port} on {host} is taken ({error.strerror}): another server (an "
+                                      "mlflow ui?) listens there; stop it or choose another --port") from None
+
+
+@contextlib.contextmanager
+def stopped_by_signals():
+    """SIGTERM and SIGHUP (a service manager, a closed terminal) end the block as Ctrl-C does."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        deadline = time.monotonic() + 120
-        while server.poll() is None:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TrackingUnavailable(f"mlflow ui did not answer on {base} within 120 s") from None
-                time.sleep(0.5)
-        else:
-            raise TrackingUnavailable(f"mlflow ui exited ({server.returncode}); is port {port} free? (--port)")
-        url = chart_view_url(base, experiment_id)
-        print(f"MLflow UI of {root / 'mlruns'}: {url}", flush=True)
-        if open_browser:
-            webbrowser.open(url)
-        server.wait()
-    except KeyboardInterrupt:
-        pass
+        yield
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def stop_group(server: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (mlflow ui and its workers), SIGKILL to any left after 30 s."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(server.pid, signum)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            server.poll()  # reaps mlflow ui itself: a zombie would keep the group alive
+            try:
+                os.killpg(server.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)

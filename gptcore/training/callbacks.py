@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 
 class TrainerCallback:
-    def on_train_start(self, step: int, total_steps: int): ...
+    def on_train_start(self, step: int, plan: dict): ...
 
     def on_step(self, record: dict): ...
 
@@ -36,6 +36,14 @@ def measured(record: dict) -> str:
                       f"{key.replace('_', ' ')} {value:.3f}" for key, value in record.items() if key not in RECORD_KEYS)
 
 
+def plan_line(plan: dict) -> str:
+    """The run's plan for the console: `plan: 90 steps (10 epochs of 9), 2 rows of 256 tokens each: 46,080 tokens`."""
+    length = "random windows" if plan["epochs"] is None else f"{plan['epochs']:g} epochs of {plan['steps_per_epoch']:,}"
+    each = f"{'at most ' if plan['rows_vary'] else ''}{plan['row_tokens']:,} tokens"
+    return (f"plan: {plan['steps']:,} steps ({length}), {plan['rows_per_step']:,} rows of {each} each: "
+            f"{'at most ' if plan['rows_vary'] else ''}{plan['tokens']:,} tokens")
+
+
 class PrintProgress(TrainerCallback):
     """The book's console log (losses at each evaluation, the sample text at each epoch end) and, on a
     terminal only, a progress bar with the loss, tokens/s and the time left."""
@@ -44,8 +52,9 @@ class PrintProgress(TrainerCallback):
         self.show_bar = sys.stderr.isatty() if bar is None else bar
         self.bar = None
 
-    def on_train_start(self, step: int, total_steps: int):
-        self.bar = tqdm(total=total_steps, initial=step, unit="step", desc="train", disable=not self.show_bar,
+    def on_train_start(self, step: int, plan: dict):
+        self._print(plan_line(plan) + (f", resumed at step {step:,}" if step else ""))
+        self.bar = tqdm(total=plan["steps"], initial=step, unit="step", desc="train", disable=not self.show_bar,
                         dynamic_ncols=True)
 
     def on_step(self, record: dict):

@@ -14,6 +14,7 @@ class Task:
     train_loader = None  # a DataLoader over an EpochSampler (exact epochs, exact resume)
     draws_at_random = False  # True: batches come from random_batch, and there are no epochs
     zero_shot = None  # a ZeroShotProbe (gptcore.evaluation.zero_shot): benchmarks run every probe.every steps
+    row_tokens = None  # the tokens of every row of a batch, set by bind where all rows have as many; None: they vary
 
     def bind(self, model, config, runtime, ranks, pin_memory: bool) -> None:
         raise NotImplementedError

@@ -118,6 +118,7 @@ class Trainer:
             raise ConfigError(f"one epoch gives {len(self.train_loader)} batches, fewer than train.grad_accum_steps "
                               f"({config.grad_accum_steps}); lower it or set train.max_steps")
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
+        self.plan = self.make_plan(model)
         self.optimizer = build_optimizer(self.model, config, self.runtime.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.runtime.precision == "fp16" else None
         # what the loop calls: the model, compiled and/or wrapped by DDP (which averages gradients)
@@ -132,11 +133,30 @@ class Trainer:
         self.stop_signal = None
         self._epoch_batches = None
 
+    def make_plan(self, model) -> dict:
+        """What the run will do: its steps (and epochs), the rows and tokens of a step, the tokens in all (an
+        upper bound where rows vary). Refused when the schedule cannot run it: a warmup longer than the run, or
+        counts beyond the 64-bit integers the samplers, checkpoints and MLflow's steps hold."""
+        config, steps = self.config, self.total_steps
+        rows = config.batch_size * config.grad_accum_steps * self.ranks.world_size
+        row_tokens = self.task.row_tokens or model.config.context_length
+        plan = {"steps": steps, "epochs": None if self.task.draws_at_random else steps / self.steps_per_epoch,
+                "steps_per_epoch": None if self.task.draws_at_random else self.steps_per_epoch, "rows_per_step": rows,
+                "row_tokens": row_tokens, "rows_vary": self.task.row_tokens is None, "tokens": steps * rows * row_tokens}
+        length = f"train.max_steps = {config.max_steps}" if config.max_steps else f"train.epochs = {config.epochs}"
+        if plan["tokens"] >= 2 ** 63:
+            raise ConfigError(f"{length} plans {steps:,} steps of {rows * row_tokens:,} tokens, more than a run's "
+                              "64-bit counters hold; lower it")
+        if config.warmup_steps > steps:
+            raise ConfigError(f"train.warmup_steps = {config.warmup_steps} is more than the run's {steps:,} steps "
+                              f"({length}): the warmup would outlast the run; lower it")
+        return plan
+
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> dict:
         with self._signals_request_stop():
             for callback in self.callbacks:
-                callback.on_train_start(self.step, self.total_steps)
+                callback.on_train_start(self.step, self.plan)
             self._fit()
             for callback in self.callbacks:
                 callback.on_train_end(self.history)
