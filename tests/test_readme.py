@@ -90,3 +90,14 @@ def test_the_readme_is_short_with_its_table_of_commands_near_the_top_and_its_lin
     anchors = {re.sub(r"[^\w\- ]", "", heading).strip().lower().replace(" ", "-") for heading in headings}
     for anchor in re.findall(r"\]\(#([^)]+)\)", text):
         assert anchor in anchors, anchor
+
+
+def test_the_readme_says_what_its_model_examples_answer_and_which_precision_is_the_harnesss():
+    """Its examples were ones the README's own models get wrong, without a word (the classifier called its spam
+    example ham, the instruction model repeated a phrase), and `gptcore eval` matches the harness only in fp32."""
+    text = " ".join(README.read_text().split())
+    for example in ('gptcore classify "URGENT! Your mobile number has won a 2000 prize. Call 09050000301 to claim. '
+                    'T&C apply"` gives spam 0.9999', '"You won a free cruise! Call now", comes out ham (0.72)',
+                    'gptcore instruct "Name three primary colors."` gives "The chemical formula for'):
+        assert example in text, example
+    assert "The harness's numbers come back with `--precision fp32`" in text
