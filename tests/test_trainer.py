@@ -235,3 +235,10 @@ def test_every_run_prints_its_plan_and_a_plan_the_schedule_cannot_run_is_refused
                                           r"\(classify_train.epochs = 2\)"):  # a fine-tuning section names its own key
         fit_tracked(tiny_model(), LanguageModeling(TRAIN, VAL), config(warmup_steps=50), "classify_train",
                     TrackingConfig(enabled=False), tmp_path, stage="classify", tags={}, params={}, dataset=())
+
+
+def test_an_epoch_shorter_than_one_step_is_refused_even_with_max_steps():
+    """With max_steps set it was let through and the first step ended in a StopIteration from the loader."""
+    few = tokens(16 * 3 + 1, 2)  # 3 windows: 1 batch of 2, a step needs 4
+    with pytest.raises(ConfigError, match=r"^one epoch gives 1 batches, fewer than train.grad_accum_steps \(4\); "):
+        Trainer(tiny_model(), config(max_steps=2, warmup_steps=0, grad_accum_steps=4), LanguageModeling(few, VAL))

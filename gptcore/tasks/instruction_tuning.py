@@ -206,13 +206,17 @@ def padding_share(encoded: EncodedEntries, batches_of: list[list[int]], limit: i
 # -- responses ------------------------------------------------------------------------------------------
 
 def respond(model, template: Template, entries: list[dict], tokenizer, *, max_new_tokens: int, batch_size: int,
-            runtime, sampler: GenerateConfig | None = None) -> tuple[list[str], dict]:
+            runtime, sampler: GenerateConfig | None = None, refuse_long: bool = False) -> tuple[list[str], dict]:
     """Each entry's response to its formatted prompt, greedy to its end-of-text (the book's generate and its
     stripping) or as sampler samples (its temperature, top_k, top_p, seed and stop_at_eos), and what the
-    decoding did: tokens generated, prompts cut to the context, responses the context stopped."""
+    decoding did: tokens generated, prompts cut to the context, responses the context stopped. A prompt longer
+    than the context keeps its last tokens (a test split's responses), or with refuse_long is an error naming
+    its row (a request: cut, it would lose the template and its header)."""
     context = model.config.context_length
     prompts = [template.format_prompt(entry["instruction"], entry["input"]) for entry in entries]
     encoded = tokenizer.encode_batch(prompts)
+    for index, ids in enumerate(encoded if refuse_long else ()):
+        check_prompt(len(ids), context, f"row {index}'s prompt (the template with its instruction and input)")
     cut = sum(len(ids) > context for ids in encoded)
     encoded = [ids[-context:] for ids in encoded]
     if cut:
@@ -265,9 +269,6 @@ def answer(model, template: Template, info: dict, rows: list[dict], tokenizer, r
         if not isinstance(input_text, str):
             raise ConfigError(f"row {index}: input is {input_text!r}, not text; give text or leave it out")
         entries.append({"instruction": instruction, "input": input_text})
-        prompt = tokenizer.encode(template.format_prompt(instruction, input_text))
-        check_prompt(len(prompt), model.config.context_length,
-                     f"row {index}'s prompt (the template with its instruction and input)")
     responses, _ = respond(model, template, entries, tokenizer, max_new_tokens=max_new_tokens or info["max_new_tokens"],
-                           batch_size=16, runtime=runtime, sampler=sampler)
+                           batch_size=16, runtime=runtime, sampler=sampler, refuse_long=True)
     return responses

@@ -114,9 +114,9 @@ class Trainer:
         task.bind(self.model, config, self.runtime, ranks, pin_memory=self.runtime.device.type == "cuda")
         self.train_loader = task.train_loader
         self.steps_per_epoch = len(self.train_loader) // config.grad_accum_steps
-        if self.steps_per_epoch == 0 and config.max_steps is None:
+        if self.steps_per_epoch == 0 and not task.draws_at_random:  # max_steps would not help: a step needs them all
             raise ConfigError(f"one epoch gives {len(self.train_loader)} batches, fewer than train.grad_accum_steps "
-                              f"({config.grad_accum_steps}); lower it or set train.max_steps")
+                              f"({config.grad_accum_steps}); lower it or the batch size, or add data")
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self.plan = self.make_plan(model)
         self.optimizer = build_optimizer(self.model, config, self.runtime.device)
