@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ui = commands.add_parser("ui", help="the MLflow UI on the project's store, opened at the charts of its runs")
     ui.add_argument("--experiment", default=None,
-                    help="the experiment to show (default: tracking.experiment of the project's params.yaml)")
+                    help="the experiment to show (default: the pretraining pipeline's, tracking.experiment of the "
+                         "project's params.yaml; the others are listed: classify.experiment, instruct.experiment)")
     ui.add_argument("--host", default="127.0.0.1", help="the address to serve on (default: %(default)s)")
     ui.add_argument("--port", type=int, default=5000, help="the port to serve on (default: %(default)s)")
     ui.add_argument("--no-browser", action="store_true", help="print the URL only; by default a browser opens it "

@@ -16,7 +16,7 @@ def metrics(precision: str, train_loss: float, steps: int = 90) -> dict:
     runtime = {"precision": precision, "device": "cpu", "cpu": "Some CPU", "threads": 2}
     return {"metrics/train.json": {"train_loss": train_loss, "steps": steps,
                                    "runtime": runtime},
-            "metrics/eval.json": {"val_loss": 6.0, "val_perplexity": 403.4, "runtime": runtime}}
+            "metrics/eval.json": {"val_loss": 6.0, "val_perplexity": 403.4}}
 
 
 @pytest.fixture

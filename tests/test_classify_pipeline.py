@@ -32,17 +32,24 @@ def test_the_pipeline_writes_the_books_splits_its_metrics_and_one_tracked_run(pr
     assert 0.5 < metrics["test_accuracy"] <= 1 and metrics["trainable_parameters"] < metrics["parameters"]
     confusion = pd.read_csv(project / "data" / "classifier" / "report" / "confusion_matrix.csv", index_col=0)
     assert confusion.to_numpy().sum() == 300 and list(confusion.columns) == ["ham", "spam"]
+    report = json.loads((project / "data" / "classifier" / "report" / "evaluation.json").read_text())
+    assert {"test_loss", "test_f1_spam", "runtime"} <= set(report) and "runtime" not in metrics
     header = run(["dvc", "exp", "show", "--csv"], project).splitlines()[0].split(",")
-    assert {"test_accuracy", "metrics/classify.json:val_accuracy", "classify_train.peak_lr"} <= set(header)
+    assert {"test_accuracy", "val_accuracy", "classify_train.peak_lr"} <= set(header)  # named once: bare names
+    assert not [name for name in header if name.split(":")[-1].startswith("runtime.")]  # a tag, not a metric
 
     client = mlflow_client(project)
-    (experiment,) = [e for e in client.search_experiments() if e.name == "gptcore"]
+    # its own experiment (classify.experiment / instruct.experiment): its curves never share a chart with the
+    # pretraining run's
+    experiments = {e.name: e.experiment_id for e in client.search_experiments()}
+    assert not client.search_runs([experiments["gptcore"]], "tags.task = 'classification'")
+    experiment = client.get_experiment(experiments["gptcore-classify"])
     (classifier_run,) = client.search_runs([experiment.experiment_id], "tags.task = 'classification'")
     assert classifier_run.data.metrics["evaluate/test_accuracy"] == metrics["test_accuracy"]
     assert {"eval/train_loss", "eval/val_loss", "eval/train_accuracy", "eval/val_accuracy"} <= \
         set(classifier_run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(classifier_run.info.run_id, "evaluation")}
-    assert artifacts == {"evaluation/confusion_matrix.csv", "evaluation/per_class.csv"}
+    assert artifacts == {"evaluation/evaluation.json", "evaluation/confusion_matrix.csv", "evaluation/per_class.csv"}
 
 
 def test_the_registered_classifier_serves_what_gptcore_classify_prints(project, capsys, monkeypatch):

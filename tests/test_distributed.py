@@ -41,10 +41,11 @@ def train_stage(run_dir: Path, tokens: Path, nproc: int, batch_size: int, grad_a
     params["tracking"]["enabled"] = False
     run_dir.mkdir(exist_ok=True)
     (run_dir / "params.yaml").write_text(yaml.safe_dump(params))
+    (run_dir / "zero_shot.json").write_text("{}")  # the plan-zero-shot stage's: no measurement during training
     env = {**(env or os.environ), "DVC_ROOT": str(run_dir)}  # resume checkpoints go to <DVC_ROOT>/checkpoints
     return subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "--params", "params.yaml",
-                           "--tokens", str(tokens), "--models", "models", "--metrics", "train.json", "--speed", "speed.json",
-                           "--plots", "plots"], cwd=run_dir, env=env, capture_output=True, text=True, timeout=600)
+                           "--zero-shot-plan", "zero_shot.json", "--tokens", str(tokens), "--models", "models",
+                           "--metrics", "train.json", "--speed", "speed.json", "--plots", "plots"], cwd=run_dir, env=env, capture_output=True, text=True, timeout=600)
 
 
 def column(path: Path, name: str) -> list[float]:

@@ -43,14 +43,19 @@ def test_the_pipeline_writes_the_books_splits_responses_and_metrics_in_one_track
     markdown = (project / "data" / "instruct" / "responses" / "responses.md").read_text()
     assert answered[0]["instruction"] in markdown and "**Model:**" in markdown
     metrics = json.loads((project / "metrics" / "instruct.json").read_text())
-    assert metrics["responses"] == 110 and metrics["test_perplexity"] > 1 and 0 <= metrics["rouge_l"] <= 1
+    assert metrics["responses"] == 110 and metrics["test_loss"] > 0 and 0 <= metrics["rouge_l"] <= 1
     assert "judge_score" not in metrics  # off by default
+    assert all(isinstance(value, (int, float)) for value in metrics.values())  # numbers only: no runtime
     header = run(["dvc", "exp", "show", "--csv"], project).splitlines()[0].split(",")
-    assert {"test_perplexity", "rouge_l", "instruct_train.peak_lr", "metrics/instruct_train.json:val_loss"} <= \
-        set(header)
+    assert {"test_loss", "rouge_l", "instruct_train.peak_lr"} <= set(header)
+    assert not [name for name in header if name.split(":")[-1].startswith("runtime.") or name.startswith("metrics/")]
 
     client = mlflow_client(project)
-    (experiment,) = [e for e in client.search_experiments() if e.name == "gptcore"]
+    # its own experiment (classify.experiment / instruct.experiment): its curves never share a chart with the
+    # pretraining run's
+    experiments = {e.name: e.experiment_id for e in client.search_experiments()}
+    assert not client.search_runs([experiments["gptcore"]], "tags.task = 'instruction'")
+    experiment = client.get_experiment(experiments["gptcore-instruct"])
     (instruct_run,) = client.search_runs([experiment.experiment_id], "tags.task = 'instruction'")
     assert instruct_run.data.metrics["evaluate/rouge_l"] == metrics["rouge_l"]
     assert {"eval/train_loss", "eval/val_loss"} <= set(instruct_run.data.metrics)
@@ -65,7 +70,7 @@ def test_the_judge_scores_the_responses_and_an_unreachable_one_stops_in_one_line
         run(EVALUATE, project)
     metrics = json.loads((project / "metrics" / "instruct.json").read_text())
     scores = [row["judge_score"] for row in json.loads((project / "data" / "instruct" / "scores.json").read_text())]
-    assert metrics["judge_scored"] == len(scores) == 110 and metrics["judge_model"] == "llama3"
+    assert metrics["judge_scored"] == len(scores) == 110
     assert metrics["judge_score"] == pytest.approx(sum(scores) / 110)  # the server's scores: word counts
     assert len(server.requests) == 110
 

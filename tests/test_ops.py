@@ -117,7 +117,7 @@ def test_a_queued_grid_runs_two_at_a_time_into_one_store(tmp_path, monkeypatch):
     DVC's run cache)."""
     (tmp_path / "grid").mkdir()
     project = make_project(tmp_path / "grid")
-    run(["dvc", "repro", "tokenize"], project)
+    run(["dvc", "repro", "tokenize", "plan-zero-shot"], project)
     assert not (project / "mlruns").exists()
     before = disk_use(project)
     grid = ["-S", "train.peak_lr=choice(3e-4,1e-3)", "-S", "train.seed=range(1,3)", "-S", "train.max_steps=12",

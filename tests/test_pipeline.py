@@ -31,10 +31,11 @@ def test_repro_runs_every_stage_and_tracks_one_run(project):
     run(["dvc", "repro"], project, env=env)
     train_metrics = json.loads((project / "metrics" / "train.json").read_text())
     eval_metrics = json.loads((project / "metrics" / "eval.json").read_text())
+    eval_run = json.loads((project / "metrics" / "eval_speed.json").read_text())
     assert train_metrics["steps"] == 2 * (4612 // 32 // 2)  # 2 epochs of 72 batches of 2 windows
-    assert eval_metrics["val_perplexity"] > 1 and eval_metrics["val_loss"] < 10.9
+    assert 0 < eval_metrics["val_loss"] < 10.9 and set(eval_metrics) == {"train_loss", "val_loss"}
     auto = resolve_precision("auto", torch.device("cpu"))  # what made the numbers travels with them
-    assert train_metrics["runtime"]["precision"] == eval_metrics["runtime"]["precision"] == auto
+    assert train_metrics["runtime"]["precision"] == eval_run["runtime"]["precision"] == auto
     assert train_metrics["runtime"]["cpu"] == cpu_model() and train_metrics["runtime"]["processes"] == 1
     assert {p.name for p in (project / "samples").iterdir()} == {
         "00-every-effort-moves-you.md", "00-every-effort-moves-you.json",
@@ -51,6 +52,7 @@ def test_repro_runs_every_stage_and_tracks_one_run(project):
     assert mlrun.data.params["train.peak_lr"] == "0.0005" and mlrun.data.params["generate.max_new_tokens"] == "8"
     assert mlrun.data.tags["model_preset"] == "tiny" and len(mlrun.data.tags["git_commit"]) == 40
     assert mlrun.data.tags["runtime.precision"] == auto and mlrun.data.tags["runtime.gptcore"]
+    assert mlrun.data.tags["evaluate.runtime.precision"] == auto  # the evaluate stage's, a tag not a metric
     history = client.get_metric_history(mlrun.info.run_id, "train/loss")
     assert [m.step for m in history] == list(range(1, train_metrics["steps"] + 1))
     # the evaluate stage's full-split values sit at the last training step, beside the last evaluation's
@@ -156,6 +158,36 @@ def test_zero_shot_tasks_are_evaluated_without_training_again(project):
     assert metrics["lambada_perplexity"] in logged
 
 
+def test_a_benchmark_file_that_nothing_measures_reruns_no_stage_and_a_wrong_sum_stops_before_training(
+        project, shared_dir, tmp_path):
+    """The train and evaluate stages depend on the plan of what they measure, not on the zero_shot keys: moving
+    LAMBADA's file while no stage measures it reruns the plan alone (no training, no new model version); once
+    training measures it, a wrong sum of the local file stops dvc repro in the plan, before training."""
+    run(["git", "checkout", "--", "params.yaml"], project)  # no zero-shot task measured, whatever ran before
+    run(["dvc", "repro"], project)
+    local = tmp_path / "lambada.jsonl"
+    shutil.copy(shared_dir / "data" / "lambada_test.jsonl", local)
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml_1_2().load(original)
+    params["zero_shot"].update(lambada_source=str(local), lambada_sha256=None)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        out = run(["dvc", "repro"], project)
+        assert "Running stage 'plan-zero-shot'" in out
+        assert "Running stage 'train'" not in out and "Running stage 'evaluate'" not in out
+        params["zero_shot"].update(train_tasks=["lambada"], lambada_sha256="0" * 64)
+        params["train"]["seed"] = 7  # training would run again
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        refused = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, timeout=900)
+        assert refused.returncode != 0 and "Running stage 'train'" not in refused.stdout
+        (line,) = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+        assert line.startswith(f"error: checksum mismatch for {local}: expected sha256 {'0' * 64} "
+                               "(zero_shot.lambada_sha256)")
+    finally:
+        params_file.write_text(original)
+
+
 def test_experiment_is_listed_by_dvc_and_named_in_mlflow(project):
     run(["dvc", "exp", "run", "-n", "lr-1e-3", "-S", "train.peak_lr=1e-3"], project)
     table = json.loads(run(["dvc", "exp", "show", "--json"], project))
@@ -169,8 +201,33 @@ def test_experiment_is_listed_by_dvc_and_named_in_mlflow(project):
         assert len(client.get_metric_history(mlrun.info.run_id, metric)) > 1
     assert max(m.value for m in client.get_metric_history(mlrun.info.run_id, "train/lr")) == pytest.approx(1e-3)
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], project))  # against HEAD, which has no metrics
-    workspace = json.loads((project / "metrics" / "train.json").read_text())
-    assert diff["metrics/train.json"]["val_loss"]["new"] == workspace["val_loss"]
+    workspace = json.loads((project / "metrics" / "eval.json").read_text())
+    assert diff["metrics/eval.json"]["val_loss"]["new"] == workspace["val_loss"]
+
+
+def test_dvc_exp_show_fits_120_columns_with_the_headline_metrics_beside_the_changed_params(project):
+    """The README's `dvc exp show --only-changed` was about 300 columns wide, 54 of them the runtime of six metrics
+    files (torch version, CPU name, flags): DVC rendered each cell as "…". Metrics are numbers that compare; what
+    made them is a tag and a plain output, so `dvc metrics diff` lists numbers only."""
+    run(["dvc", "exp", "remove", "--all-commits"], project)  # two experiments on a committed pipeline
+    run(["git", "checkout", "--", "params.yaml"], project)
+    run(["dvc", "repro"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "the pipeline's results"], project)
+    for name, change in (("lr-1e-3", "train.peak_lr=1e-3"), ("seed-7", "train.seed=7")):
+        run(["git", "checkout", "--", "params.yaml"], project)
+        run(["dvc", "exp", "run", "-n", name, "-S", change], project)
+    table = run(["dvc", "exp", "show", "--only-changed", "--no-pager"], project, env={**os.environ, "COLUMNS": "120"})
+    lines = table.splitlines()
+    columns = run(["dvc", "exp", "show", "--only-changed", "--csv"], project).splitlines()[0]
+    assert "…" not in table and max(map(len, lines)) <= 120, (table, columns)
+    (header,) = [line.split() for line in lines if line.split()[:1] == ["Experiment"]]
+    assert header == ["Experiment", "Created", "train_loss", "val_loss", "train.peak_lr", "train.seed"], table
+    assert any("[seed-7]" in line for line in lines) and any("[lr-1e-3]" in line for line in lines)
+    for path, change in json.loads(run(["dvc", "metrics", "diff", "--json", "HEAD~1"], project)).items():
+        assert all(isinstance(values["new"], (int, float)) for values in change.values()), (path, change)
+    assert "runtime" not in json.dumps(json.loads(run(["dvc", "metrics", "show", "--json"], project)))
+    assert json.loads((project / "metrics" / "train.json").read_text())["runtime"]["precision"]  # the record
 
 
 def test_queued_experiments_run_in_a_temp_copy_and_log_to_the_project_store(project):

@@ -12,9 +12,11 @@ RUN_BY = {
     "python -m pytest -q": ".ci/run",
     "dvc repro": "tests/test_pipeline.py::test_repro_runs_every_stage_and_tracks_one_run",
     "dvc exp run -n lr-1e-3 -S train.peak_lr=1e-3": "tests/test_pipeline.py::test_experiment_is_listed_by_dvc_and_named_in_mlflow",
-    "dvc exp show": "tests/test_pipeline.py::test_experiment_is_listed_by_dvc_and_named_in_mlflow",
-    "dvc metrics diff": "tests/test_pipeline.py::test_experiment_is_listed_by_dvc_and_named_in_mlflow",
-    "dvc repro tokenize": "tests/test_ops.py::test_a_queued_grid_runs_two_at_a_time_into_one_store",
+    "dvc exp show --only-changed":
+        "tests/test_pipeline.py::test_dvc_exp_show_fits_120_columns_with_the_headline_metrics_beside_the_changed_params",
+    "dvc metrics diff":
+        "tests/test_pipeline.py::test_dvc_exp_show_fits_120_columns_with_the_headline_metrics_beside_the_changed_params",
+    "dvc repro tokenize plan-zero-shot": "tests/test_ops.py::test_a_queued_grid_runs_two_at_a_time_into_one_store",
     "dvc exp run --queue -S 'train.peak_lr=choice(3e-4,1e-3)' -S 'train.seed=range(1,3)'":
         "tests/test_ops.py::test_a_queued_grid_runs_two_at_a_time_into_one_store",
     "dvc queue start -j 2": "tests/test_ops.py::test_a_queued_grid_runs_two_at_a_time_into_one_store",

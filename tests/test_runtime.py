@@ -60,8 +60,9 @@ def test_the_train_stage_refuses_nproc_above_the_cores_before_starting_workers(t
     params = read_yaml(REPO / "params.yaml")
     params["train"]["nproc"] = 4096
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    result = subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "--params", "params.yaml", "--tokens",
-                             "tokens", "--models", "models", "--metrics", "train.json", "--speed", "speed.json", "--plots", "plots"],
+    result = subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "--params", "params.yaml",
+                             "--zero-shot-plan", "zero_shot.json", "--tokens", "tokens", "--models", "models", "--metrics",
+                             "train.json", "--speed", "speed.json", "--plots", "plots"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [

@@ -2,6 +2,7 @@
 command prints. GPTCORE_UI_SCREENSHOT=docs/mlflow-ui.png also keeps the screenshot of docs/ current."""
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -28,20 +29,31 @@ def browse(url: str, *outputs: str) -> str:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium to open the UI in (Debian: apt-get install chromium)")
 def test_gptcore_ui_opens_the_chart_view_of_the_projects_runs(tmp_path):
+    """The pretraining pipeline's experiment, its loss curves first, the other pipelines' experiments listed: the
+    classifier's and the instruction model's eval/train_loss were drawn in one chart with the pretraining run's,
+    on unrelated scales, and train/loss came 2,700 px down under their 19 one-point evaluate/* charts."""
     project = make_project(tmp_path)
-    run(["dvc", "repro", "train"], project)
-    run(["dvc", "exp", "run", "train", "-S", "train.seed=7"], project)
-    names = {r.info.run_name for r in mlflow_client(project).search_runs(["1"])}
+    run(["dvc", "repro"], project)
+    run(["dvc", "exp", "run", "-S", "train.seed=7"], project)
+    client = mlflow_client(project)
+    names = {r.info.run_name for r in client.search_runs(["1"])}
     assert len(names) == 2
+    other = client.create_experiment("gptcore-classify")  # another pipeline's run, in the same store
+    client.log_metric(client.create_run(other, run_name="classifier-run").info.run_id, "eval/train_loss", 0.1)
     port = free_port()
     ui = Server(["gptcore", "ui", "--no-browser", "--port", str(port)], port, project, dict(os.environ))
     with ui:
         url = next(line for line in ui.process.stdout if line.startswith("MLflow UI of")).split()[-1]
         assert url == f"http://127.0.0.1:{port}/#/experiments/1/runs?compareRunsMode=CHART"
+        listed = next(line for line in ui.process.stdout if line.startswith("  also")).strip()  # not mlflow's log
+        assert listed == f"also experiment gptcore-classify: http://127.0.0.1:{port}/#/experiments/{other}/runs?" \
+                         "compareRunsMode=CHART"
         page = browse(url, "--dump-dom")
         screenshot = Path(os.environ.get("GPTCORE_UI_SCREENSHOT") or tmp_path / "ui.png").resolve()
         browse(url, f"--screenshot={screenshot}")
-    assert "Training runs" in page and all(name in page for name in names)
+    assert "Training runs" in page and all(name in page for name in names) and "classifier-run" not in page
+    sections = re.findall(r">(eval|evaluate|system|train)</", page)
+    assert sections[:2] == ["eval", "evaluate"], sections  # the loss curves come first
     assert "eval/val_loss" in page  # a chart of the runs' metrics is drawn, not the GenAI overview
     assert screenshot.stat().st_size > 50_000
 

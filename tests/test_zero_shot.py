@@ -24,7 +24,7 @@ from gptcore.model.gpt import GPT, ModelConfig
 from gptcore.model.runtime import setup_runtime
 from gptcore.params import ParamsError, validate
 from gptcore.settings.train import TrainConfig
-from gptcore.settings.zero_shot import TRAINING_KEYS, ZeroShotConfig
+from gptcore.settings.zero_shot import ZeroShotConfig
 from gptcore.tasks.language_modeling import LanguageModeling
 from gptcore.tracking.metrics import TrackingCallback
 from gptcore.training.callbacks import PrintProgress
@@ -303,14 +303,32 @@ def test_training_measures_the_tasks_every_n_steps_and_at_the_end(trained, lamba
     assert model.training  # measured in eval mode, handed back in training mode
 
 
-def test_the_train_stage_depends_on_the_keys_its_measurements_read():
+def test_a_stage_measuring_no_task_depends_on_no_zero_shot_key():
+    """The plan the train and evaluate stages depend on holds the keys their measurements read, so a task's source
+    that neither measures changes nothing they depend on."""
     import yaml
     from pathlib import Path
 
+    off = ZeroShotConfig()
+    moved = ZeroShotConfig(lambada_source="/elsewhere/lambada.jsonl", lambada_sha256=None, batch_size=4)
+    for during_training in (True, False):
+        assert off.measured_settings(during_training) == moved.measured_settings(during_training) == {}
+    both = ZeroShotConfig(tasks=["hellaswag", "lambada"], train_tasks=["lambada"], train_limit=8,
+                          hellaswag_sha256="0" * 64)
+    training = both.measured_settings(during_training=True)
+    assert training == {"train_tasks": ["lambada"], "train_every": 250, "train_limit": 8, "batch_size": 16,
+                        "lambada_source": both.lambada_source, "lambada_sha256": both.lambada_sha256}
+    assert set(both.measured_settings(during_training=False)) == {
+        "tasks", "limit", "batch_size", "lambada_source", "lambada_sha256", "hellaswag_source", "hellaswag_sha256",
+        "hellaswag_context"}
+    assert ZeroShotConfig(**training).measured_settings(during_training=True) == training  # what the stage reads
+
     stages = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
-    assert [key for key in stages["train"]["params"] if str(key).startswith("zero_shot.")] == \
-        [f"zero_shot.{key}" for key in TRAINING_KEYS]
-    assert "zero_shot" in stages["evaluate"]["params"]
+    plan = stages["plan-zero-shot"]
+    assert plan["params"] == ["zero_shot"]
+    for stage, out in (("train", "data/zero_shot/train.json"), ("evaluate", "data/zero_shot/evaluate.json")):
+        assert out in plan["outs"] and out in stages[stage]["deps"] and f"--zero-shot-plan {out}" in stages[stage]["cmd"]
+        assert not [key for key in stages[stage]["params"] if str(key).startswith("zero_shot")]
 
 
 def test_perplexity_is_exp_of_the_mean_negative_log_likelihood(tokenizer, tmp_path):

@@ -161,11 +161,16 @@ class HellaSwag(ZeroShotTask):
         return {metric: count / self.examples for metric, count in right.items()}
 
 
+def task_file(name: str, config: ZeroShotConfig) -> Path:
+    """The task's file from its source in the config, its sum verified (a URL's downloaded once, to the cache)."""
+    return locate_file(getattr(config, f"{name}_source"), getattr(config, f"{name}_sha256"),
+                       f"zero_shot.{name}_source", "JSONL", f"zero_shot.{name}_sha256")
+
+
 def load_task(name: str, config: ZeroShotConfig, tokenizer: Tokenizer, limit: int | None) -> ZeroShotTask:
     """The task's examples (the first `limit`) from its source in the config, encoded."""
     check_tasks([name], "zero-shot task")
-    path = locate_file(getattr(config, f"{name}_source"), getattr(config, f"{name}_sha256"),
-                       f"zero_shot.{name}_source", "JSONL", f"zero_shot.{name}_sha256")
+    path = task_file(name, config)
     if name == "lambada":
         return Lambada(read_jsonl(path, {"text": str}, name)[:limit], tokenizer, path)
     fields = {"ctx": str, "ctx_a": str, "ctx_b": str, "activity_label": str, "endings": list, "label": int}

@@ -26,7 +26,7 @@ from ..tasks.classification import (Classification, attach_head, check_rows, enc
 from ..tracking.models import log_classifier
 from ..tracking.plots import to_csv
 from ..tracking.runs import repo_root
-from .finetune import finish_tracked, fit_tracked, log_evaluation, run_key
+from .finetune import finish_tracked, fit_tracked, log_evaluation, pipeline_tracking, run_key
 
 SECTIONS = ("classify", "classify_train", "classify_lora", "tracking")
 
@@ -79,7 +79,8 @@ def finetune_classifier(params: Params, *, splits_dir: Path, model_dir: Path, me
     checkpoint_dir = repo_root() / "checkpoints" / f"classify-{run_key(params, splits_dir, SECTIONS)}"
     task = Classification(splits["train"], splits["validation"], cache_frozen=settings.cache_frozen)
     trainer, history, tracker, seconds = fit_tracked(
-        model, task, train, "classify_train", params.tracking, checkpoint_dir, stage="classify",
+        model, task, train, "classify_train", pipeline_tracking(params, "classify"), checkpoint_dir,
+        stage="classify",
         tags={"task": "classification", "base_model": settings.init_from},
         params={k: params.values[k] for k in SECTIONS},
         dataset=(Path(settings.source).name, meta["sha256"], settings.source,
@@ -119,29 +120,31 @@ def per_class_table(labels: list[str], truth: list[int], predicted: list[int]) -
 
 def evaluate_classifier(params: Params, *, splits_dir: Path, model_dir: Path, metrics_file: Path,
                         report_dir: Path) -> dict:
-    """Loss and accuracy of the classifier on every row of each split -> metrics_file (what `dvc exp show`
-    compares); the test split's confusion matrix and per-class precision / recall / F1 -> report_dir and
-    the MLflow run."""
+    """Accuracy of the classifier on every row of each split -> metrics_file (what `dvc exp show` compares); the
+    losses, the test split's F1 per class and what made them (runtime) -> report_dir/evaluation.json, its
+    confusion matrix and per-class precision / recall / F1 -> report_dir; all of it to the MLflow run."""
     classifier, info = load_classifier(model_dir)
     runtime = setup_runtime(params.classify_train.device, params.classify_train.precision)
     classifier.to(runtime.device)
     tokenizer = Tokenizer()
     splits, _ = encode_splits(splits_dir, SPLITS, info["max_length"], classifier.model.config.context_length,
                               info["pad_id"], info["position"], tokenizer)
-    metrics, measured = {}, {}
+    metrics, reported, measured = {}, {}, {}
     for name, split in splits.items():
         loader = make_dataloader(split.dataset(), batch_size=params.classify_train.batch_size, shuffle=False,
                                  drop_last=False, seed=0, split=name)
         measured[name] = score(classifier, loader, num_batches=None, runtime=runtime)
         short = "val" if name == "validation" else name
-        metrics[f"{short}_accuracy"], metrics[f"{short}_loss"] = measured[name]["accuracy"], measured[name]["loss"]
+        metrics[f"{short}_accuracy"], reported[f"{short}_loss"] = measured[name]["accuracy"], measured[name]["loss"]
     confusion, table = per_class_table(info["labels"], splits["test"].labels.tolist(), measured["test"]["predicted"])
-    metrics |= {f"test_f1_{label}": float(table.loc[label, "f1"]) for label in info["labels"]}
+    reported |= {f"test_f1_{label}": float(table.loc[label, "f1"]) for label in info["labels"]}
     metrics |= {"parameters": info["parameters"], "trainable_parameters": info["trainable_parameters"],
-                "rows": {name: len(split.labels) for name, split in splits.items()}, "runtime": runtime.describe()}
-    atomic_write_text(Path(report_dir) / "confusion_matrix.csv", confusion.to_csv())
-    atomic_write_text(Path(report_dir) / "per_class.csv", table.to_csv())
+                "rows": {name: len(split.labels) for name, split in splits.items()}}
+    reports = [Path(report_dir) / name for name in ("evaluation.json", "confusion_matrix.csv", "per_class.csv")]
+    atomic_write_text(reports[0], json.dumps(reported | {"runtime": runtime.describe()}, indent=2) + "\n")
+    atomic_write_text(reports[1], confusion.to_csv())
+    atomic_write_text(reports[2], table.to_csv())
     atomic_write_text(metrics_file, json.dumps(metrics, indent=2) + "\n")
-    log_evaluation(params.tracking, model_dir, "evaluate-classifier", metrics,
-                   [Path(report_dir) / name for name in ("confusion_matrix.csv", "per_class.csv")])
-    return metrics
+    log_evaluation(pipeline_tracking(params, "classify"), model_dir, "evaluate-classifier", metrics | reported,
+                   runtime.describe(), reports)
+    return metrics | reported

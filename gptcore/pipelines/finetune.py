@@ -8,6 +8,7 @@ records its id next to the model; the later stages add their metrics and files t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -22,6 +23,11 @@ from ..tracking.metrics import TrackingCallback
 from ..tracking.runs import RUN_FILE, Tracker
 from ..training.callbacks import PrintProgress
 from ..training.trainer import Trainer
+
+
+def pipeline_tracking(params: Params, section: str) -> TrackingConfig:
+    """The tracking settings of the pipeline of params.yaml's `section` (classify, instruct): its own experiment."""
+    return dataclasses.replace(params.tracking, experiment=getattr(params, section).experiment)
 
 
 def run_key(params: Params, splits_dir: Path, sections: tuple[str, ...]) -> str:
@@ -50,6 +56,8 @@ def fit_tracked(model, task, config: TrainConfig, section: str, tracking: Tracki
         ([TrackingCallback(tracker, tracking.log_every, tracker.logged_through)] if tracker else [])
     with keys_renamed("train", lambda key: f"{section}.{key}"):
         trainer = Trainer(model, config, task, checkpoint_dir=checkpoint_dir, callbacks=callbacks)
+    if tracker:
+        tracker.tag_runtime(trainer.runtime.describe())
     if trainer.resume():
         print(f"resuming from step {trainer.step} ({checkpoint_dir})")
     started = time.perf_counter()
@@ -71,13 +79,16 @@ def finish_tracked(tracker: Tracker | None, trainer: Trainer, model_dir: Path, c
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
-def log_evaluation(tracking: TrackingConfig, model_dir: Path, stage: str, metrics: dict, artifacts=()) -> None:
-    """The evaluation's numbers (evaluate/<name>) and files (evaluation/) in the run that trained the model."""
+def log_evaluation(tracking: TrackingConfig, model_dir: Path, stage: str, metrics: dict, runtime: dict,
+                   artifacts=()) -> None:
+    """The evaluation's numbers (evaluate/<name>), what made them (tags evaluate.runtime.*) and files
+    (evaluation/) in the run that trained the model."""
     if not tracking.enabled:
         return
     tracker = Tracker.attach(tracking, model_dir, {}, stage)
-    tracker.log_metrics({f"evaluate/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-                        tracker.last_step)
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    tracker.log_metrics({f"evaluate/{k}": v for k, v in numbers.items()}, tracker.last_step)
+    tracker.tag_runtime(runtime, "evaluate.runtime")
     for path in artifacts:
         tracker.log_artifact(path, "evaluation")
     tracker.finish()

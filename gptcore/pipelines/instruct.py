@@ -30,7 +30,7 @@ from ..tasks.instruction_tuning import (InstructionModel, InstructionTuning, Tem
 from ..tracking.models import log_instruction_model
 from ..tracking.plots import to_csv
 from ..tracking.runs import Tracker, repo_root
-from .finetune import finish_tracked, fit_tracked, log_evaluation, run_key
+from .finetune import finish_tracked, fit_tracked, log_evaluation, pipeline_tracking, run_key
 
 SECTIONS = ("instruct", "instruct_train", "instruct_lora", "tracking")
 
@@ -64,7 +64,8 @@ def finetune_instructions(params: Params, *, splits_dir: Path, model_dir: Path, 
     task = InstructionTuning(encoded["train"], encoded["validation"], settings)
     checkpoint_dir = repo_root() / "checkpoints" / f"instruct-{run_key(params, splits_dir, SECTIONS)}"
     trainer, history, tracker, seconds = fit_tracked(
-        model, task, train, "instruct_train", params.tracking, checkpoint_dir, stage="instruct",
+        model, task, train, "instruct_train", pipeline_tracking(params, "instruct"), checkpoint_dir,
+        stage="instruct",
         tags={"task": "instruction", "base_model": settings.init_from},
         params={k: params.values[k] for k in SECTIONS},
         dataset=(Path(settings.source).name, meta["sha256"], settings.source, {"entries": meta["entries"]}))
@@ -125,9 +126,10 @@ def generate_instruction_responses(params: Params, *, splits_dir: Path, model_di
                   f"on {cpu_model() if runtime.device.type == 'cpu' else runtime.device}"))
     atomic_write_text(out_dir / "generation.json", json.dumps(stats, indent=2) + "\n")
     if params.tracking.enabled:
-        tracker = Tracker.attach(params.tracking, model_dir, {}, "generate-responses")
+        tracker = Tracker.attach(pipeline_tracking(params, "instruct"), model_dir, {}, "generate-responses")
         tracker.log_table(pd.DataFrame(answered), "evaluation/responses.json")
         tracker.log_artifact(out_dir / "responses.md", "evaluation")
+        tracker.log_metrics({"evaluate/generation_tokens_per_second": stats["tokens_per_second"]}, tracker.last_step)
         tracker.finish()
     return stats
 
@@ -140,7 +142,7 @@ def evaluate_instructions(params: Params, *, splits_dir: Path, model_dir: Path, 
     judge = params.judge
     if judge.enabled:
         check_judge(judge)
-    model, template, info = load_instruct_model(model_dir)
+    model, template, _ = load_instruct_model(model_dir)
     runtime = setup_runtime(params.instruct_train.device, params.instruct_train.precision)
     model.to(runtime.device)
     answered = json.loads((Path(responses_dir) / "responses.json").read_text(encoding="utf-8"))
@@ -152,19 +154,18 @@ def evaluate_instructions(params: Params, *, splits_dir: Path, model_dir: Path, 
     measured = response_loss(InstructionModel(model, settings.ignore_index), loader, num_batches=None, runtime=runtime)
     overlap = rouge_l([entry["output"] for entry in answered], [entry["model_response"] for entry in answered])
     generation = json.loads((Path(responses_dir) / "generation.json").read_text())
-    metrics = {"test_loss": measured["loss"], "test_perplexity": measured["perplexity"],
-               "test_response_tokens": measured["tokens"], "rouge_l": sum(overlap) / len(overlap),
-               "responses": len(answered), "generated_tokens": generation["generated_tokens"],
-               "generation_tokens_per_second": generation["tokens_per_second"], "base": info["base"],
-               "runtime": runtime.describe()}
+    metrics = {"test_loss": measured["loss"], "test_response_tokens": measured["tokens"],
+               "rouge_l": sum(overlap) / len(overlap), "responses": len(answered),
+               "generated_tokens": generation["generated_tokens"]}
     per_entry = [{"instruction": entry["instruction"], "rouge_l": score} for entry, score in zip(answered, overlap)]
     if judge.enabled:
         scores = judge_responses(judge, template, answered)
         valid = [score for score in scores if score is not None]
-        metrics |= {"judge_score": sum(valid) / len(valid) if valid else float("nan"), "judge_scored": len(valid),
-                    "judge_model": judge.model}
+        metrics |= {"judge_score": sum(valid) / len(valid) if valid else float("nan"), "judge_scored": len(valid)}
         per_entry = [row | {"judge_score": score} for row, score in zip(per_entry, scores)]
     atomic_write_text(scores_file, json.dumps(per_entry, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(metrics_file, json.dumps(metrics, indent=2) + "\n")
-    log_evaluation(params.tracking, model_dir, "evaluate-instructions", metrics, [scores_file])
-    return metrics
+    # the perplexity is exp of the loss: logged, not a second column to compare
+    log_evaluation(pipeline_tracking(params, "instruct"), model_dir, "evaluate-instructions",
+                   metrics | {"test_perplexity": measured["perplexity"]}, runtime.describe(), [scores_file])
+    return metrics | {"test_perplexity": measured["perplexity"]}

@@ -1,4 +1,5 @@
-"""What the train, evaluate and generate-samples stages do, as library functions of validated params.
+"""What the plan-zero-shot, train, evaluate and generate-samples stages do, as library functions of validated
+params.
 
 Each writes its outputs atomically and adds to the pipeline's MLflow run: the train stage starts it
 (or re-attaches to it after an interruption) and records its id next to the model, the later stages
@@ -21,7 +22,8 @@ import torch
 from ..atomic import atomic_write_text
 from ..data.token_files import load_tokens
 from ..evaluation.loss import evaluate_splits
-from ..evaluation.zero_shot import SPEED, ZeroShotProbe, evaluate_tasks, flat_metrics, load_tasks, warn_of_cuts
+from ..evaluation.zero_shot import (SPEED, ZeroShotProbe, evaluate_tasks, flat_metrics, load_tasks, task_file,
+                                    warn_of_cuts)
 from ..formats.adapters import save_trained
 from ..formats.loading import initialize_model, load_model
 from ..model.inference import prepare_for_inference, resolve_weights
@@ -30,7 +32,7 @@ from ..model.runtime import setup_runtime
 from ..model.sampling import continue_prompts
 from ..model.tokenizer import Tokenizer
 from ..params import Params
-from ..settings.zero_shot import TRAINING_KEYS
+from ..settings.zero_shot import ZeroShotConfig
 from ..tasks.language_modeling import LanguageModeling
 from ..tracking.metrics import TrackingCallback
 from ..tracking.models import log_language_model
@@ -39,6 +41,27 @@ from ..tracking.runs import RUN_FILE, Tracker, repo_root
 from ..training import distributed
 from ..training.callbacks import PrintProgress
 from ..training.trainer import Trainer
+
+
+def plan_zero_shot(params: Params, *, train_file: Path, evaluate_file: Path) -> dict[str, dict]:
+    """The settings the zero-shot measurements of training and of the evaluate stage read (each {} when they
+    measure nothing) -> train_file and evaluate_file, which those stages depend on in place of the zero_shot
+    keys; each measured task's file found and its sum checked first (a URL's downloaded to the cache), before
+    any stage computes."""
+    config = params.zero_shot
+    for task in sorted(set(config.tasks or []) | set(config.train_tasks or [])):
+        task_file(task, config)
+    plans = {"train": config.measured_settings(during_training=True),
+             "evaluate": config.measured_settings(during_training=False)}
+    for name, path in (("train", train_file), ("evaluate", evaluate_file)):
+        atomic_write_text(path, json.dumps(plans[name], indent=2) + "\n")
+    return plans
+
+
+def read_zero_shot_plan(path: Path) -> tuple[ZeroShotConfig, dict]:
+    """A file of plan_zero_shot: the settings a stage measures with, and the keys it holds (what MLflow logs)."""
+    settings = json.loads(Path(path).read_text())
+    return ZeroShotConfig(**settings), settings
 
 
 def checkpoint_folder(params: Params, tokens_dir: Path) -> Path:
@@ -50,7 +73,7 @@ def checkpoint_folder(params: Params, tokens_dir: Path) -> Path:
     return repo_root() / "checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def start_or_resume_run(params: Params, checkpoint_dir: Path, tokens_dir: Path) -> Tracker:
+def start_or_resume_run(params: Params, zero_shot: dict, checkpoint_dir: Path, tokens_dir: Path) -> Tracker:
     """Continue the MLflow run of a stopped or killed training run (from its checkpoint, or from the start when it
     died before the first), or start the pipeline's run with the corpus as its dataset input."""
     if (checkpoint_dir / RUN_FILE).is_file() and (tracker := Tracker.resume(params.tracking, checkpoint_dir)):
@@ -58,7 +81,7 @@ def start_or_resume_run(params: Params, checkpoint_dir: Path, tokens_dir: Path) 
     tracker = Tracker.start(params.tracking, name=f"{params.model.preset}-{time.strftime('%Y%m%d-%H%M%S')}",
                             tags={"model_preset": params.model.preset},
                             params={**{k: params.values[k] for k in ("data", "model", "train", "lora", "tracking")},
-                                    "zero_shot": {k: params.values["zero_shot"][k] for k in TRAINING_KEYS}})
+                                    "zero_shot": zero_shot})
     meta = json.loads((tokens_dir / "meta.json").read_text())
     splits = meta["splits"]
     digest = hashlib.sha256("".join(splits[split]["sha256"] for split in ("train", "val")).encode()).hexdigest()
@@ -69,32 +92,34 @@ def start_or_resume_run(params: Params, checkpoint_dir: Path, tokens_dir: Path) 
     return tracker
 
 
-def stage_run(params: Params, model_dir: Path, section: str, *more: str) -> Tracker | None:
-    """The MLflow run of the model in model_dir, to which a stage adds its params sections (None if off)."""
+def stage_run(params: Params, model_dir: Path, section: str, **more: dict) -> Tracker | None:
+    """The MLflow run of the model in model_dir, to which a stage adds its params section and the other settings
+    it read (None if off)."""
     if not params.tracking.enabled:
         return None
-    return Tracker.attach(params.tracking, model_dir, {name: params.values[name] for name in (section, *more)},
-                          section)
+    return Tracker.attach(params.tracking, model_dir, {section: params.values[section], **more}, section)
 
 
-def train(params: Params, *, tokens_dir: Path, model_dir: Path, metrics_file: Path, speed_file: Path,
-          plots_dir: Path) -> dict | None:
-    """Train (resuming an interrupted run) and write the model, metrics (what compares across runs), speed
-    and plots; log and register the model. The metrics and speed (None in the processes other than rank
-    0 under DDP)."""
+def train(params: Params, *, zero_shot_plan: Path, tokens_dir: Path, model_dir: Path, metrics_file: Path,
+          speed_file: Path, plots_dir: Path) -> dict | None:
+    """Train (resuming an interrupted run), measuring the zero-shot tasks of the plan (plan_zero_shot's train
+    file), and write the model, the run's record (metrics_file: steps, tokens, the last evaluation, the runtime),
+    speed and plots; log and register the model. The record and speed (None in the processes other than rank 0
+    under DDP)."""
     with distributed.process_group(params.train.device):
         ranks = distributed.current()
         checkpoint_dir = checkpoint_folder(params, tokens_dir)
         # the benchmarks' data is read and checked before any compute
-        probe = ZeroShotProbe(params.zero_shot, Tokenizer(), params.model_config.context_length) \
-            if params.zero_shot.train_tasks else None
+        zero_shot, planned = read_zero_shot_plan(zero_shot_plan)
+        probe = ZeroShotProbe(zero_shot, Tokenizer(), params.model_config.context_length) \
+            if zero_shot.train_tasks else None
         if probe and ranks.is_main:
             warn_of_cuts(probe.tasks, probe.context_length)
         torch.manual_seed(params.train.seed)
         model = initialize_model(params.model_config, params.model.init_from)
         if params.lora.rank:  # the book's appendix E on the language model: only the adapters train
             apply_lora(model, params.lora)
-        tracker = start_or_resume_run(params, checkpoint_dir, tokens_dir) \
+        tracker = start_or_resume_run(params, planned, checkpoint_dir, tokens_dir) \
             if params.tracking.enabled and ranks.is_main else None
         callbacks = [PrintProgress()] + \
             ([TrackingCallback(tracker, params.tracking.log_every, tracker.logged_through)] if tracker else [])
@@ -102,7 +127,7 @@ def train(params: Params, *, tokens_dir: Path, model_dir: Path, metrics_file: Pa
         trainer = Trainer(model, params.train, task, tokenizer=Tokenizer(), checkpoint_dir=checkpoint_dir,
                           callbacks=callbacks)
         if tracker:  # what the numbers were made on, known from the start of the run
-            tracker.set_tags({f"runtime.{k}": v for k, v in trainer.runtime.describe().items()})
+            tracker.tag_runtime(trainer.runtime.describe())
         if trainer.resume() and ranks.is_main:
             print(f"resuming from step {trainer.step} ({checkpoint_dir})")
         started = time.perf_counter()
@@ -135,14 +160,14 @@ def train(params: Params, *, tokens_dir: Path, model_dir: Path, metrics_file: Pa
     return metrics | speed
 
 
-def evaluate(params: Params, *, model_dir: Path, tokens_dir: Path, metrics_file: Path,
+def evaluate(params: Params, *, zero_shot_plan: Path, model_dir: Path, tokens_dir: Path, metrics_file: Path,
              speed_file: Path) -> tuple[dict, dict]:
-    """Loss and perplexity of the trained model on every window of both splits and the zero-shot tasks of
-    zero_shot.tasks -> metrics_file (and the evaluation's speed -> speed_file); logged as evaluate/* at the
-    training run's last step. Returns the metrics and speed, and each zero-shot task's result."""
-    settings, zero_shot = params.evaluate, params.zero_shot
+    """Loss and perplexity of the trained model on every window of both splits and the zero-shot tasks of the
+    plan (plan_zero_shot's evaluate file) -> metrics_file (and the evaluation's speed -> speed_file); logged as
+    evaluate/* at the training run's last step. Returns the metrics and speed, and each zero-shot task's result."""
+    settings, (zero_shot, planned) = params.evaluate, read_zero_shot_plan(zero_shot_plan)
     tasks = load_tasks(zero_shot.tasks, zero_shot, Tokenizer(), zero_shot.limit)
-    tracker = stage_run(params, model_dir, "evaluate", "zero_shot")
+    tracker = stage_run(params, model_dir, "evaluate", zero_shot=planned)
     runtime = setup_runtime(settings.device, settings.precision)
     model = load_model(model_dir).to(runtime.device)
     warn_of_cuts(tasks, model.config.context_length)
@@ -152,13 +177,15 @@ def evaluate(params: Params, *, model_dir: Path, tokens_dir: Path, metrics_file:
     results = evaluate_tasks(model, tasks, runtime, zero_shot.batch_size)
     measured |= flat_metrics(results)
     speed |= flat_metrics(results, SPEED)
-    metrics = measured | {"runtime": runtime.describe()}
-    atomic_write_text(metrics_file, json.dumps(metrics, indent=2) + "\n")
-    atomic_write_text(speed_file, json.dumps(speed, indent=2) + "\n")
+    # a split's perplexity is exp of its loss: printed and logged, not a second column to compare
+    compared = {k: v for k, v in measured.items() if k not in ("train_perplexity", "val_perplexity")}
+    atomic_write_text(metrics_file, json.dumps(compared, indent=2) + "\n")
+    atomic_write_text(speed_file, json.dumps(speed | {"runtime": runtime.describe()}, indent=2) + "\n")
     if tracker:
         tracker.log_metrics({f"evaluate/{k}": v for k, v in (measured | speed).items()}, tracker.last_step)
+        tracker.tag_runtime(runtime.describe(), "evaluate.runtime")
         tracker.finish()
-    return metrics | speed, results
+    return measured | speed, results
 
 
 def sample_name(index: int, prompt: str) -> str:

@@ -151,6 +151,11 @@ def registered_model_setting(name: str, doc: str = "registered model name in MLf
     return setting(name, doc, model_name=True)
 
 
+def experiment_setting(name: str) -> Field:
+    """A pipeline's MLflow experiment: its own, so that its curves chart on their own scale."""
+    return setting(name, "MLflow experiment of this pipeline's runs (its own: `gptcore ui --experiment` shows it)")
+
+
 def book_heads_setting() -> Field:
     """A fine-tuning section's `n_heads`: the head count of a book file it starts from (gptcore.formats.book)."""
     return setting(None, "the head count of a book model.pth init_from, whose tensors do not hold it; null: GPT-2's "

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from . import (book_heads_setting, check_fields, check_source_checksum, check_split_ratios, checksum_setting,
-               registered_model_setting, setting)
+               experiment_setting, registered_model_setting, setting)
 from .train import fine_tuning_docs
 
 SPAM_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
@@ -67,6 +67,7 @@ class ClassifyConfig:
                                     "last_token (the last real token, as Hugging Face)", choices=POSITIONS)
     cache_frozen: bool = setting(True, "run the frozen leading blocks once per text and train on their output "
                                        "(the same numbers; with drop_rate 0 and no adapters in them)")
+    experiment: str = experiment_setting("gptcore-classify")
     registered_model: str | None = registered_model_setting("gptcore-classifier")
 
     def __post_init__(self):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from . import (book_heads_setting, check_fields, check_source_checksum, check_split_ratios, checksum_setting,
-               registered_model_setting, setting)
+               experiment_setting, registered_model_setting, setting)
 from .train import fine_tuning_docs
 
 INSTRUCTIONS_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/"
@@ -79,6 +79,7 @@ class InstructConfig:
                                        "<|endoftext|> or the model's context)", low=1)
     generate_batch_size: int = setting(16, "test prompts decoded together (batched, KV-cached); 1 = one at a time",
                                        low=1)
+    experiment: str = experiment_setting("gptcore-instruct")
     registered_model: str | None = registered_model_setting("gptcore-instruct")
 
     def __post_init__(self):

@@ -8,7 +8,8 @@ from . import check_fields, registered_model_setting, setting
 @dataclass(frozen=True)
 class TrackingConfig:
     enabled: bool = setting(True, "log the run to MLflow")
-    experiment: str = setting("gptcore", "MLflow experiment name")
+    experiment: str = setting("gptcore", "MLflow experiment of the pretraining pipeline's runs (the fine-tuning "
+                                         "pipelines have their own: classify.experiment, instruct.experiment)")
     log_every: int = setting(10, "send per-step metrics in batches of this many steps", low=1)
     on_unreachable: str = setting("fail", "MLFLOW_TRACKING_URI down: fail before training, or log locally",
                                   choices=("fail", "local"))

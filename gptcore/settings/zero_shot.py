@@ -12,10 +12,9 @@ HELLASWAG_CONTEXTS = ("harness", "ctx")
 LAMBADA_URL = "https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl"
 LAMBADA_SHA256 = "4aa8d02cd17c719165fc8a7887fddd641f43fcafa4b1c806ca8abc31fabdb226"
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
-# what the measurements during training read: the train stage depends on these keys only (dvc.yaml), so choosing
-# the evaluate stage's tasks does not train again
-TRAINING_KEYS = ("train_tasks", "train_every", "train_limit", "batch_size", "lambada_source", "lambada_sha256",
-                 "hellaswag_source", "hellaswag_sha256", "hellaswag_context")
+# the keys that measuring a task reads besides the measurement's own (tasks, limit, batch size)
+TASK_KEYS = {"lambada": ("lambada_source", "lambada_sha256"),
+             "hellaswag": ("hellaswag_source", "hellaswag_sha256", "hellaswag_context")}
 
 
 def check_tasks(names, key: str) -> None:
@@ -54,3 +53,15 @@ class ZeroShotConfig:
             check_tasks(getattr(self, key) or [], f"zero_shot.{key}")
         for task in sorted(set(self.tasks or []) | set(self.train_tasks or [])):
             check_source_checksum(self, "zero_shot", f"{task}_source", f"{task}_sha256")
+
+    def measured_settings(self, during_training: bool) -> dict:
+        """The keys, with their values, that the measurements of zero_shot.train_tasks (during_training) or of
+        zero_shot.tasks (the evaluate stage) read; {} when there are none. ZeroShotConfig(**them) measures the
+        same. The stage plan-zero-shot writes them for the train and evaluate stages to depend on instead of
+        the whole section, so a key no measurement reads (the source of a task not measured) reruns nothing."""
+        tasks = self.train_tasks if during_training else self.tasks
+        if not tasks:
+            return {}
+        keys = ("train_tasks", "train_every", "train_limit") if during_training else ("tasks", "limit")
+        keys += ("batch_size",) + tuple(key for task in TASKS if task in tasks for key in TASK_KEYS[task])
+        return {key: getattr(self, key) for key in keys}

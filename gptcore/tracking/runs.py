@@ -204,6 +204,10 @@ class Tracker:
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def tag_runtime(self, described: dict, prefix: str = "runtime"):
+        """What made a stage's numbers (Runtime.describe()): tags, not metrics, so that runs compare by number."""
+        self.set_tags({f"{prefix}.{k}": v for k, v in described.items()})
+
     def log_text(self, text: str, artifact_file: str):
         self.client.log_text(self.run_id, text, artifact_file)
 

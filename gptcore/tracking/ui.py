@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 from .runs import Tracker, TrackingUnavailable, local_store, repo_root
@@ -21,14 +22,15 @@ def chart_view_url(base: str, experiment_id: str) -> str:
 def serve_ui(experiment: str, host: str, port: int, open_browser: bool) -> None:
     """`mlflow ui` on the project's embedded store (its artifact root included), until interrupted (Ctrl-C,
     SIGTERM or SIGHUP, which stop its workers too); the chart view of `experiment` (created if it is new, as
-    training runs) is printed and, where a browser can be started, opened. A port already taken is refused
-    before anything starts."""
+    training runs) is printed and, where a browser can be started, opened, and the chart views of the store's
+    other experiments (the other pipelines') are listed. A port already taken is refused before anything
+    starts."""
     import urllib.request
     import webbrowser
 
     refuse_a_taken_port(host, port)
     root = repo_root()
-    _, uri, experiment_id = Tracker.open_local(root, experiment)
+    client, uri, experiment_id = Tracker.open_local(root, experiment)
     _, artifact_root = local_store(root)
     base = f"http://{host}:{port}"
     with stopped_by_signals():
@@ -48,7 +50,12 @@ def serve_ui(experiment: str, host: str, port: int, open_browser: bool) -> None:
             else:
                 raise TrackingUnavailable(f"mlflow ui exited ({server.returncode}); is port {port} free? (--port)")
             url = chart_view_url(base, experiment_id)
-            print(f"MLflow UI of {root / 'mlruns'}: {url}", flush=True)
+            print(f"MLflow UI of {root / 'mlruns'}: {url}")
+            others = [e for e in client.search_experiments() if e.experiment_id != experiment_id and
+                      (e.name != "Default" or client.search_runs([e.experiment_id], max_results=1))]
+            for other in sorted(others, key=lambda e: e.name):  # the other pipelines' (gptcore ui --experiment)
+                print(f"  also experiment {other.name}: {chart_view_url(base, other.experiment_id)}")
+            sys.stdout.flush()
             if open_browser:
                 webbrowser.open(url)
             server.wait()
