@@ -124,11 +124,11 @@ def cmd_bench(args) -> None:
 
 
 def cmd_export_hf(args) -> None:
-    from .formats.huggingface import export_hf
+    from .pipelines.export import export_hugging_face
 
-    folder = export_hf(load_any(args), args.out)
-    print(f"wrote {folder}/config.json and {folder}/model.safetensors (load with "
-          f"transformers.GPT2LMHeadModel.from_pretrained({str(folder)!r}))")
+    folder, kind = export_hugging_face(args.model, args.out, n_heads=args.n_heads)
+    print(f"wrote {folder}: {kind} with GPT-2's tokenizer and a model card (load it with "
+          f"transformers.pipeline(..., model={str(folder)!r}) or AutoModel.from_pretrained)")
 
 
 def cmd_export_lfs(args) -> None:
@@ -239,9 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where to write every measurement (default: %(default)s)")
     bench.set_defaults(func=cmd_bench)
 
-    export = commands.add_parser("export-hf", help="write a model as a Hugging Face GPT-2 folder")
-    export.add_argument("model", help=MODEL_HELP)
-    export.add_argument("out", help="the folder to write (config.json, model.safetensors)")
+    export = commands.add_parser("export-hf", help="write a model as a Hugging Face folder that transformers loads "
+                                                   "offline (a classifier as GPT2ForSequenceClassification)")
+    export.add_argument("model", help=MODEL_HELP.replace("gptcore model folder", "gptcore model, classifier, "
+                                                         "instruction model or adapter folder"))
+    export.add_argument("out", help="the folder to write (weights, config, tokenizer, generation config, "
+                                    "README.md); its parent must exist")
     add_n_heads(export)
     export.set_defaults(func=cmd_export_hf)
 

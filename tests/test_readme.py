@@ -47,6 +47,14 @@ RUN_BY = {
     "gptcore --help": "tests/test_cli_and_bench.py::test_help_for_every_command",
     "gptcore <command> --help": "tests/test_cli_and_bench.py::test_help_for_every_command",
     "gptcore export-hf": "tests/test_cli_and_bench.py::test_export_hf_then_generate_from_the_hf_folder",
+    "gptcore export-hf data/instruct/model":
+        "tests/test_export.py::test_an_instruction_model_exports_its_template_as_the_chat_template_and_decodes_greedy_as_gptcore",
+    "gptcore export-hf data/classifier/model":
+        "tests/test_export.py::test_a_classifier_exports_as_sequence_classification_and_scores_what_gptcore_classify_prints",
+    "python -c \"from transformers import pipeline;":
+        "tests/test_export.py::test_transformers_pipeline_generates_greedy_what_gptcore_generate_prints",
+    "gptcore generate --temperature 0 --weights fp32":
+        "tests/test_export.py::test_transformers_pipeline_generates_greedy_what_gptcore_generate_prints",
     "gptcore export-lfs": "tests/test_book.py::test_export_lfs_loads_strictly_into_the_books_gptmodel_with_equal_logits",
     "gptcore info": "tests/test_cli_and_bench.py::test_info_reports_parameters_and_config",
     "gptcore bench --corpus": "tests/test_cli_and_bench.py::test_benchmark_measures_every_row_side_by_side",

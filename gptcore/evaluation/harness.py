@@ -2,49 +2,20 @@
 zero-shot tasks (gptcore.evaluation.zero_shot) are checked against, in the tests and benchmarks/zero_shot_reference.py.
 
 The harness's own task definitions (`lambada_openai`, `hellaswag`) run on local data: a task YAML that includes
-the harness's and reads a JSONL file instead of the Hub's dataset. Its tokenizer is GPT-2's BPE from the files
-tiktoken caches (the mirror's tiktoken/), through `tokenizers`: transformers' GPT2TokenizerFast given those files
-builds an empty vocabulary, ByteLevelBPETokenizer reads them. Needs `lm_eval` (pip install lm_eval).
+the harness's and reads a JSONL file instead of the Hub's dataset. Its tokenizer is the exported folder's own
+(GPT-2's BPE, written by the export). Needs `lm_eval` (pip install lm_eval).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
-from ..model.tokenizer import EOT_TOKEN, use_mirror_for_tiktoken
-
-BPE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
 # gptcore task -> (the harness's task, its folder under lm_eval/tasks, the split it scores)
 HARNESS_TASKS = {"lambada": ("lambada_openai", "lambada", "test"), "hellaswag": ("hellaswag", "hellaswag",
                                                                                 "validation")}
-
-
-def bpe_files() -> tuple[Path, Path]:
-    """(encoder.json, vocab.bpe) of GPT-2 in tiktoken's cache (files named by the sha1 of their URL)."""
-    use_mirror_for_tiktoken()
-    cache = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or Path(tempfile.gettempdir()) / "data-gym-cache")
-    paths = tuple(cache / hashlib.sha1(f"{BPE_URL}{name}".encode()).hexdigest() for name in ("encoder.json",
-                                                                                            "vocab.bpe"))
-    missing = [str(path) for path in paths if not path.is_file()]
-    if missing:
-        raise FileNotFoundError(f"GPT-2's BPE files are not in tiktoken's cache ({', '.join(missing)}); load "
-                                "tiktoken.get_encoding('gpt2') once online or set TIKTOKEN_CACHE_DIR to a mirror")
-    return paths
-
-
-def harness_tokenizer():
-    """GPT-2's tokenizer as transformers' PreTrainedTokenizerFast, built offline from tiktoken's files."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    vocab, merges = bpe_files()
-    return PreTrainedTokenizerFast(tokenizer_object=ByteLevelBPETokenizer(str(vocab), str(merges)),
-                                   eos_token=EOT_TOKEN)
 
 
 def task_yaml(task: str, data_file: Path) -> str:
@@ -66,9 +37,10 @@ def run_harness(hf_folder, task: str, data_file, *, limit: int | None = None, ba
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
-    from transformers import GPT2LMHeadModel
+    from transformers import AutoTokenizer, GPT2LMHeadModel
 
-    model = HFLM(pretrained=GPT2LMHeadModel.from_pretrained(hf_folder).eval(), tokenizer=harness_tokenizer(),
+    model = HFLM(pretrained=GPT2LMHeadModel.from_pretrained(hf_folder).eval(),
+                 tokenizer=AutoTokenizer.from_pretrained(hf_folder),
                  batch_size=batch_size, device=device)
     scoring, spent = model._loglikelihood_tokens, []
 

@@ -60,6 +60,31 @@ def git_commit(root: Path) -> str:
         return "unknown"
 
 
+def recorded_run(folder) -> tuple[str | None, object]:
+    """(run id, MLflow run) of the run that made the model in folder (its mlflow_run.json), the run read from
+    MLFLOW_TRACKING_URI or the project's store; None for what is not there. Reading never creates a store."""
+    run_file = Path(folder) / RUN_FILE
+    if not run_file.is_file():
+        return None, None
+    run_id = json.loads(run_file.read_text()).get("run_id")
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        try:
+            database = repo_root() / "mlruns" / "mlflow.db"
+        except TrackingUnavailable:
+            return run_id, None
+        if not database.is_file():
+            return run_id, None
+        uri = f"sqlite:///{database}"
+    from mlflow.tracking import MlflowClient
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    try:
+        return run_id, MlflowClient(uri).get_run(run_id)
+    except Exception:  # another store, a deleted run, an unreachable server
+        return run_id, None
+
+
 def flatten(params: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in params.items():
