@@ -22,7 +22,7 @@ import torch
 from gptcore.data.corpus import locate_file
 from gptcore.evaluation.harness import run_harness
 from gptcore.evaluation.zero_shot import load_task, score_requests
-from gptcore.formats.huggingface import export_hf
+from gptcore.formats.hf_export import export_folder
 from gptcore.formats.loading import load_model
 from gptcore.machine import cpu_model
 from gptcore.model.runtime import setup_runtime
@@ -48,7 +48,7 @@ def main() -> None:
     ours = task.metrics(loglikelihoods, greedy)
     print(json.dumps({"gptcore": ours, "seconds": seconds}, indent=2), flush=True)
     with tempfile.TemporaryDirectory() as folder:
-        export_hf(model, folder)
+        export_folder(model, folder)  # with its tokenizer, which the harness reads
         harness = run_harness(folder, "lambada", locate_file(config.lambada_source, config.lambada_sha256,
                                                              "zero_shot.lambada_source", "JSONL",
                                                              "zero_shot.lambada_sha256"),

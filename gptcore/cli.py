@@ -1,4 +1,4 @@
-"""The `gptcore` command: generate, classify, instruct, eval, bench, export-hf, export-lfs, ui, info."""
+"""The `gptcore` command: generate, classify, instruct, eval, bench, export-hf, export-gguf, export-lfs, ui, info."""
 
 from __future__ import annotations
 
@@ -131,6 +131,14 @@ def cmd_export_hf(args) -> None:
           f"transformers.pipeline(..., model={str(folder)!r}) or AutoModel.from_pretrained)")
 
 
+def cmd_export_gguf(args) -> None:
+    from .pipelines.export import export_gguf
+
+    path, modelfile = export_gguf(args.model, args.out, args.type, n_heads=args.n_heads)
+    print(f"wrote {path} ({args.type}) and {modelfile} (llama.cpp: Llama(model_path={str(path)!r}); Ollama: "
+          f"ollama create NAME -f {modelfile})")
+
+
 def cmd_export_lfs(args) -> None:
     from .formats.book import export_lfs
 
@@ -247,6 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
                                     "README.md); its parent must exist")
     add_n_heads(export)
     export.set_defaults(func=cmd_export_hf)
+
+    export_gguf = commands.add_parser("export-gguf", help="write a language or instruction model as llama.cpp's GGUF, "
+                                                          "with an Ollama Modelfile beside it")
+    export_gguf.add_argument("model", help=MODEL_HELP.replace("gptcore model folder", "gptcore model, instruction "
+                                                              "model or adapter folder"))
+    export_gguf.add_argument("out", help="the .gguf file to write (its folder must exist; Modelfile goes beside it)")
+    export_gguf.add_argument("--type", default="f32", help="the weights' type: f32 | f16 | q8_0 (norms, biases "
+                                                           "and positions stay f32, as llama.cpp's converter keeps "
+                                                           "them) (default: %(default)s)")
+    add_n_heads(export_gguf)
+    export_gguf.set_defaults(func=cmd_export_gguf)
 
     export_book = commands.add_parser("export-lfs", help="write a model as the book's model.pth (LLMs from scratch)")
     export_book.add_argument("model", help=MODEL_HELP)

@@ -198,5 +198,5 @@ def test_bad_exports_are_refused_in_one_line(tmp_path, capsys):
                                        "it, or write the export elsewhere\n")
     classifier_folder(tmp_path / "classifier", "last_token")
     export(tmp_path / "classifier", tmp_path / "hf", capsys)
-    with pytest.raises(HfFormatError, match="is a Hugging Face classifier"):
+    with pytest.raises(HfFormatError, match="unexpected tensor .score.weight."):  # transformers runs it, not gptcore
         load_model(tmp_path / "hf")

@@ -51,6 +51,8 @@ RUN_BY = {
         "tests/test_export.py::test_an_instruction_model_exports_its_template_as_the_chat_template_and_decodes_greedy_as_gptcore",
     "gptcore export-hf data/classifier/model":
         "tests/test_export.py::test_a_classifier_exports_as_sequence_classification_and_scores_what_gptcore_classify_prints",
+    "gptcore export-gguf":
+        "tests/test_gguf.py::test_an_instruction_models_gguf_keeps_its_chat_template_and_its_modelfile_ollamas_template",
     "python -c \"from transformers import pipeline;":
         "tests/test_export.py::test_transformers_pipeline_generates_greedy_what_gptcore_generate_prints",
     "gptcore generate --temperature 0 --weights fp32":

@@ -1,16 +1,13 @@
 """Hugging Face GPT-2 interop: state dicts, HF-format folders and OpenAI's weights from the Hub.
 
 HF's GPT2 uses Conv1D layers whose weights are stored (in_features, out_features), the transpose of
-nn.Linear; every conversion here transposes exactly those four matrices per block. An exported folder is
-complete: transformers' from_pretrained and pipeline() load it offline with nothing else (weights, config,
-GPT-2's tokenizer, generation settings, an instruction model's template as its chat template, a model card).
+nn.Linear; every conversion here transposes exactly those four matrices per block.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,7 +16,6 @@ from safetensors.torch import load_file
 from ..atomic import atomic_path, atomic_write_text
 from ..errors import ConfigError, DownloadError, GptcoreError, MissingInputError
 from ..model.gpt import GPT, ModelConfig, sinusoidal_table
-from ..model.tokenizer import EOT_TOKEN, bpe_files
 from ..settings.model import EOT_ID
 
 OFFICIAL_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -103,118 +99,16 @@ def hf_state_dict_from(model: GPT) -> dict:
     return state
 
 
-@dataclass(frozen=True)
-class ClassifierHead:
-    """What a classifier's folder says beyond its weights: its labels in class order, the id that pads a
-    text (Hugging Face reads the last token that is not it) and the tokens a text is cut to."""
-    labels: tuple[str, ...]
-    pad_id: int
-    max_length: int
-
-
-def fold_head_bias(model: GPT) -> torch.Tensor:
-    """The final LayerNorm's bias β' with W β' = W β + b: the class head's bias b moved into the LayerNorm,
-    which in a classifier feeds only the head (Hugging Face's `score` layer has no bias). Exact where the
-    head's rows are independent (fewer classes than the width, as always), else refused."""
-    weight, bias = model.lm_head.weight.detach().double(), model.lm_head.bias.detach().double()
-    shift = torch.linalg.pinv(weight) @ bias
-    if (weight @ shift - bias).abs().max() > 1e-6 * (1 + bias.abs().max()):
-        raise HfFormatError("the classifier's head has linearly dependent rows, so Hugging Face's score layer "
-                            "(no bias) cannot hold its bias; this classifier cannot be exported")
-    return (model.transformer.ln_f.bias.detach().double() + shift).float()
-
-
-def classifier_state_dict(model: GPT) -> dict:
-    """A classifier's weights as GPT2ForSequenceClassification names them: the head is `score`, its bias
-    folded into ln_f's."""
-    state = {name: tensor for name, tensor in hf_state_dict_from(model).items() if not name.startswith("lm_head.")}
-    state["transformer.ln_f.bias"] = fold_head_bias(model)
-    state["score.weight"] = model.lm_head.weight.detach()
-    return state
-
-
-def classifier_config(config: ModelConfig, head: ClassifierHead) -> dict:
-    return {**hf_config_from(config), "architectures": ["GPT2ForSequenceClassification"],
-            "id2label": dict(enumerate(head.labels)), "label2id": {label: i for i, label in enumerate(head.labels)},
-            "pad_token_id": head.pad_id, "tie_word_embeddings": False}
-
-
-def generation_config(*, max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> dict:
-    """generation_config.json: stop at <|endoftext|>, and gptcore's sampler settings in transformers' names
-    (temperature 0 is greedy; a setting that is off is transformers' value for off)."""
-    sampling = ({"do_sample": True, "temperature": temperature, "top_k": top_k or 0, "top_p": top_p or 1.0}
-                if temperature > 0 else {"do_sample": False})
-    return {"bos_token_id": EOT_ID, "eos_token_id": EOT_ID, "pad_token_id": EOT_ID, "max_new_tokens": max_new_tokens,
-            **sampling}
-
-
-def jinja_text(text: str) -> str:
-    """text as a Jinja expression that prints it as it is (braces and all)."""
-    return "{{ " + json.dumps(text, ensure_ascii=False) + " }}"
-
-
-def chat_template(prompt: str, input_section: str, response: str) -> str:
-    """An instruction template as a chat template: the last `user` message is the instruction, an `input`
-    message (optional) the input, and the generation prompt is the response marker; apply_chat_template
-    then gives the prompt gptcore formats (gptcore.tasks.instruction_tuning.Template)."""
-    def filled(part: str, placeholder: str, value: str) -> str:
-        return f"{{{{ {value} }}}}".join(jinja_text(piece) for piece in part.split(placeholder))
-
-    return ("{%- set ns = namespace(instruction='', input='') -%}\n"
-            "{%- for message in messages -%}\n"
-            "{%- if message['role'] == 'user' %}{% set ns.instruction = message['content'] %}"
-            "{% elif message['role'] == 'input' %}{% set ns.input = message['content'] %}{% endif -%}\n"
-            "{%- endfor -%}\n"
-            + filled(prompt, "{instruction}", "ns.instruction")
-            + "{% if ns.input %}" + filled(input_section, "{input}", "ns.input") + "{% endif %}"
-            + "{% if add_generation_prompt %}" + jinja_text(response) + "{% endif %}")
-
-
-def write_tokenizer(folder: Path, *, max_length: int, pad_id: int | None = None,
-                    chat_template: str | None = None) -> None:
-    """GPT-2's tokenizer as Hugging Face keeps it: vocab.json and merges.txt (tiktoken's files of it, as
-    they are), tokenizer.json (built by `tokenizers` from them) and tokenizer_config.json."""
-    from tokenizers import ByteLevelBPETokenizer
-
-    vocab, merges = bpe_files()
-    pad_token = None if pad_id is None else {i: token for token, i in json.loads(vocab.read_text()).items()}[pad_id]
-    for source, name in ((vocab, "vocab.json"), (merges, "merges.txt")):
-        with atomic_path(folder / name) as tmp:
-            shutil.copyfile(source, tmp)
-    tokenizer = ByteLevelBPETokenizer(str(vocab), str(merges))
-    tokenizer.add_special_tokens([EOT_TOKEN])  # in the vocabulary at 50256; special: never split, as tiktoken
-    with atomic_path(folder / "tokenizer.json") as tmp:
-        tokenizer.save(str(tmp))
-    config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": max_length, "bos_token": EOT_TOKEN,
-              "eos_token": EOT_TOKEN, "unk_token": EOT_TOKEN, "pad_token": pad_token, "add_prefix_space": False,
-              "add_bos_token": False, "clean_up_tokenization_spaces": False, "errors": "replace"}
-    if chat_template is not None:
-        config["chat_template"] = chat_template
-    atomic_write_text(folder / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-
-
-def export_hf(model: GPT, folder, *, generation: dict | None = None, template: tuple[str, str, str] | None = None,
-              classifier: ClassifierHead | None = None, card: str = "") -> Path:
-    """A folder transformers loads offline with nothing else: the weights and config.json of a
-    GPT2LMHeadModel (or, with classifier, a GPT2ForSequenceClassification), GPT-2's tokenizer (an instruction
-    model's template as its chat template), generation_config.json (a language model's) and the card."""
+def export_hf(model: GPT, folder) -> Path:
+    """Write config.json + model.safetensors that transformers.GPT2LMHeadModel.from_pretrained loads."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = classifier_state_dict(model) if classifier else hf_state_dict_from(model)
-    config = classifier_config(model.config, classifier) if classifier else hf_config_from(model.config)
+    state = {k: v.detach().float().cpu() for k, v in hf_state_dict_from(model).items()}
     with atomic_path(folder / "model.safetensors") as tmp:
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in state.items()}, str(tmp),
-                  metadata={"format": "pt"})
-    atomic_write_text(folder / "config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    write_tokenizer(folder, max_length=classifier.max_length if classifier else model.config.context_length,
-                    pad_id=classifier.pad_id if classifier else None,
-                    chat_template=chat_template(*template) if template else None)
-    if generation is not None:
-        atomic_write_text(folder / "generation_config.json", json.dumps(generation, indent=2) + "\n")
-    if card:
-        atomic_write_text(folder / "README.md", card)
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    atomic_write_text(folder / "config.json", json.dumps(hf_config_from(model.config), indent=2))
     return folder
 
 
@@ -229,9 +123,6 @@ def load_hf_folder(folder, drop_rate: float | None = None) -> GPT:
     hf_config = json.loads(config_path.read_text())
     if hf_config.get("model_type") != "gpt2":
         raise HfFormatError(f"{config_path}: model_type is {hf_config.get('model_type')!r}, expected 'gpt2'")
-    if "GPT2ForSequenceClassification" in hf_config.get("architectures", ()):
-        raise HfFormatError(f"{folder} is a Hugging Face classifier (GPT2ForSequenceClassification): its head "
-                            "scores classes, not tokens; transformers' pipeline('text-classification') runs it")
     config = config_from_hf(hf_config)
     if drop_rate is not None:
         config = replace(config, drop_rate=drop_rate)

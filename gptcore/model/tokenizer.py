@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import tiktoken
@@ -12,8 +10,6 @@ import tiktoken
 from ..errors import DownloadError
 
 EOT_TOKEN = "<|endoftext|>"
-# where tiktoken downloads GPT-2's BPE files from; its cache names each file by the sha1 of its URL
-BPE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
 
 OFFLINE_HELP = ("set TIKTOKEN_CACHE_DIR to a folder holding tiktoken's cached GPT-2 files (vocab.bpe and "
                 "encoder.json under their cache names, e.g. ../shared/tiktoken), or GPTCORE_MIRROR to a "
@@ -25,21 +21,6 @@ def use_mirror_for_tiktoken() -> None:
     mirror = os.environ.get("GPTCORE_MIRROR")
     if mirror and "TIKTOKEN_CACHE_DIR" not in os.environ and (Path(mirror) / "tiktoken").is_dir():
         os.environ["TIKTOKEN_CACHE_DIR"] = str(Path(mirror).resolve() / "tiktoken")
-
-
-def bpe_files() -> tuple[Path, Path]:
-    """(encoder.json, vocab.bpe): GPT-2's vocabulary and merges in tiktoken's cache, the files Hugging Face
-    names vocab.json and merges.txt."""
-    use_mirror_for_tiktoken()
-    Tokenizer()  # downloads them into the cache where they are not there yet
-    cache = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
-                 or Path(tempfile.gettempdir()) / "data-gym-cache")
-    paths = tuple(cache / hashlib.sha1(f"{BPE_URL}{name}".encode()).hexdigest() for name in ("encoder.json",
-                                                                                            "vocab.bpe"))
-    missing = [str(path) for path in paths if not path.is_file()]
-    if missing:
-        raise DownloadError(f"GPT-2's BPE files are not in tiktoken's cache ({', '.join(missing)}); {OFFLINE_HELP}")
-    return paths
 
 
 class Tokenizer:

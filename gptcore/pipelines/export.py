@@ -1,16 +1,20 @@
 """A model gptcore made, where people run models: a complete Hugging Face folder of any of its models (the
 language model, the instruction model with its template as the chat template, the classifier as
-GPT2ForSequenceClassification, LoRA adapters merged), with a model card that says what made it. `gptcore
-export-hf` runs it.
+GPT2ForSequenceClassification, LoRA adapters merged) with a model card that says what made it, and
+llama.cpp's GGUF with an Ollama Modelfile beside it. `gptcore export-hf` and `gptcore export-gguf` run them.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import MissingInputError
-from ..formats.huggingface import ClassifierHead, export_hf, generation_config
+from ..atomic import atomic_write_text
+from ..errors import ConfigError, MissingInputError
+from ..formats.gguf import TYPES, check_vocabulary, ollama_modelfile, write_gguf
+from ..formats.hf_export import ClassifierHead, export_folder, generation_config
 from ..formats.loading import load_model
 from ..formats.model_folder import CLASSIFIER_FILE
 from ..model.gpt import GPT
@@ -31,59 +35,96 @@ POSITION_NOTE = (
     "answers as gptcore does.")
 
 
-def export_hugging_face(source, out, *, n_heads: int | None = None) -> tuple[Path, str]:
-    """Write source (a model folder gptcore reads: a classifier's, an instruction model's, a language model's
-    or adapters) as a Hugging Face folder at out; returns the folder and what it is."""
-    if not Path(out).parent.is_dir():
-        raise MissingInputError(f"{Path(out).parent} does not exist: create it, or write the export elsewhere")
+@dataclass
+class Exportable:
+    """A model read from a folder gptcore wrote, with what its exports say beyond the weights."""
+    model: GPT
+    kind: str  # what the export is, for the command's last line and the card
+    base: str | None = None
+    head: ClassifierHead | None = None
+    template: tuple[str, str, str] | None = None  # an instruction model's prompt, input section, response marker
+    generation: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def read_exportable(source, n_heads: int | None = None) -> Exportable:
+    """The model in source (a classifier's, an instruction model's or a language model's folder, adapters, a
+    Hugging Face folder, a book file, an official name), its LoRA adapters merged."""
     folder = Path(source)
-    run_id, run = recorded_run(folder) if folder.is_dir() else (None, None)
     if (folder / CLASSIFIER_FILE).is_file():
         classifier, info = load_classifier(folder)
-        model = merged(classifier.model)
-        head = ClassifierHead(tuple(info["labels"]), info["pad_id"], info["max_length"])
         notes = [] if info["position"] == "last_token" else [POSITION_NOTE.format(**info)]
-        for note in notes:
-            print(f"warning: {note}", file=sys.stderr)
-        card = model_card(model, "text-classification", f"a classifier of {', '.join(head.labels)}", info.get("base"),
-                          run_id, run, notes)
-        return export_hf(model, out, classifier=head, card=card), "a classifier (GPT2ForSequenceClassification)"
+        return Exportable(merged(classifier.model), f"a classifier of {', '.join(info['labels'])}", info.get("base"),
+                          head=ClassifierHead(tuple(info["labels"]), info["pad_id"], info["max_length"]), notes=notes)
     if (folder / INSTRUCT_FILE).is_file():
         model, template, info = load_instruct_model(folder)
-        model = merged(model)
-        generation = generation_config(max_new_tokens=info["max_new_tokens"], temperature=0.0, top_k=None, top_p=None)
-        card = model_card(model, "text-generation", "an instruction model (its prompt template is the tokenizer's "
-                          "chat template: a `user` message is the instruction, an `input` message the input)",
-                          info.get("base"), run_id, run, [])
-        return (export_hf(model, out, generation=generation, template=(template.prompt, template.input,
-                                                                        template.response), card=card),
-                "an instruction model (GPT2LMHeadModel, its template the chat template)")
-    model = merged(load_model(source, n_heads=n_heads))
+        return Exportable(merged(model), "an instruction model", info.get("base"),
+                          template=(template.prompt, template.input, template.response),
+                          generation=generation_config(max_new_tokens=info["max_new_tokens"], temperature=0.0,
+                                                       top_k=None, top_p=None))
     sampler = GenerateConfig()
-    generation = generation_config(max_new_tokens=sampler.max_new_tokens, temperature=sampler.temperature,
-                                   top_k=sampler.top_k, top_p=sampler.top_p)
-    card = model_card(model, "text-generation", "a language model", None, run_id, run, [])
-    return export_hf(model, out, generation=generation, card=card), "a language model (GPT2LMHeadModel)"
+    return Exportable(merged(load_model(source, n_heads=n_heads)), "a language model",
+                      generation=generation_config(max_new_tokens=sampler.max_new_tokens,
+                                                   temperature=sampler.temperature, top_k=sampler.top_k,
+                                                   top_p=sampler.top_p))
 
 
 def merged(model: GPT) -> GPT:
-    """The model with its LoRA adapters (if any) folded into its weights: what Hugging Face can hold."""
+    """The model with its LoRA adapters (if any) folded into its weights: what other programs can hold."""
     merge_lora(model)
     return model
 
 
-def model_card(model: GPT, pipeline_tag: str, kind: str, base: str | None, run_id: str | None, run,
-               notes: list[str]) -> str:
+def check_output(out) -> None:
+    if not Path(out).parent.is_dir():
+        raise MissingInputError(f"{Path(out).parent} does not exist: create it, or write the export elsewhere")
+
+
+def export_hugging_face(source, out, *, n_heads: int | None = None) -> tuple[Path, str]:
+    """source as a Hugging Face folder at out, with its model card; returns the folder and what it holds."""
+    check_output(out)
+    model = read_exportable(source, n_heads)
+    for note in model.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    run_id, run = recorded_run(source) if Path(source).is_dir() else (None, None)
+    folder = export_folder(model.model, out, generation=model.generation, template=model.template,
+                       classifier=model.head, card=model_card(model, run_id, run))
+    architecture = "GPT2ForSequenceClassification" if model.head else "GPT2LMHeadModel"
+    return folder, f"{model.kind} ({architecture}{', its template the chat template' if model.template else ''})"
+
+
+def export_gguf(source, out, weights: str, *, n_heads: int | None = None) -> tuple[Path, Path]:
+    """source as llama.cpp's GGUF at out (weights f32 | f16 | q8_0) and an Ollama Modelfile beside it; returns
+    both paths. A classifier is refused: llama.cpp has no classification head."""
+    check_output(out)
+    if weights not in TYPES:
+        raise ConfigError(f"--type {weights!r} is not a GGUF type gptcore writes; choose {', '.join(TYPES)}")
+    if (Path(source) / CLASSIFIER_FILE).is_file():
+        raise ConfigError(f"{source} is a classifier: llama.cpp has no classification head, so it has no GGUF; "
+                          "export it for transformers (gptcore export-hf)")
+    model = read_exportable(source, n_heads)
+    check_vocabulary(model.model.config.vocab_size)
+    with tempfile.TemporaryDirectory() as folder:  # GGUF is written from the Hugging Face folder, as llama.cpp does
+        export_folder(model.model, folder, generation=model.generation, template=model.template)
+        path = write_gguf(folder, out, weights, name=Path(out).stem)
+    modelfile = path.with_name("Modelfile")
+    atomic_write_text(modelfile, ollama_modelfile(path.name, model.generation, model.template))
+    return path, modelfile
+
+
+def model_card(model: Exportable, run_id: str | None, run) -> str:
     """README.md of the folder: what the model is, what it was made from, its evaluation and the run."""
-    config = model.config
+    config, pipeline_tag = model.model.config, "text-classification" if model.head else "text-generation"
     params = run.data.params if run else {}
     made_from = next(((params[b], params[d]) for b, d in MADE_FROM if b in params and d in params), (None, None))
-    base = base or made_from[0]
+    base = model.base or made_from[0]
     metrics = {name.removeprefix("evaluate/"): value for name, value in sorted(run.data.metrics.items())
                if name.startswith("evaluate/") and "second" not in name} if run else {}
+    kind = (f"{model.kind} (its prompt template is the tokenizer's chat template: a `user` message is the "
+            "instruction, an `input` message the input)") if model.template else model.kind
     lines = ["---", "library_name: transformers", f"pipeline_tag: {pipeline_tag}", "tags: [gpt2, gptcore]", "---", "",
              "# A GPT-2 model made with gptcore", "",
-             f"This is {kind}: GPT-2 with {model.num_parameters():,} parameters ({config.n_layers} layers, "
+             f"This is {kind}: GPT-2 with {model.model.num_parameters():,} parameters ({config.n_layers} layers, "
              f"{config.n_heads} heads, width {config.emb_dim}, context {config.context_length} tokens), "
              "exported by `gptcore export-hf`.", ""]
     if base or made_from[1]:
@@ -98,11 +139,10 @@ def model_card(model: GPT, pipeline_tag: str, kind: str, base: str | None, run_i
         lines += ["## Run", "", f"MLflow run `{run_id}` {where}" +
                   (f", git commit `{run.data.tags['git_commit']}`" if run and "git_commit" in run.data.tags else "")
                   + ".", ""]
-    call = ('[{"role": "user", "content": "Name three primary colors."}]' if "instruction" in kind
-            else '"Free entry to win a prize, text WIN now"' if pipeline_tag == "text-classification"
-            else '"Every effort moves you"')
+    call = ('[{"role": "user", "content": "Name three primary colors."}]' if model.template
+            else '"Free entry to win a prize, text WIN now"' if model.head else '"Every effort moves you"')
     lines += ["## Use", "", "```python", "from transformers import pipeline", "",
               f'pipe = pipeline("{pipeline_tag}", model="path/to/this/folder")', f"print(pipe({call}))", "```", ""]
-    for note in notes:
+    for note in model.notes:
         lines += ["## Note", "", note, ""]
     return "\n".join(lines)
