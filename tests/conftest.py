@@ -152,8 +152,8 @@ def refusal(url: str, body: dict) -> tuple[int, dict]:
 class Server:
     """A command that serves HTTP on a loopback port, started for a with-block and stopped after it."""
 
-    def __init__(self, command: list[str], port: int, cwd, env):
-        self.command, self.port, self.cwd, self.env = command, port, cwd, env
+    def __init__(self, command: list[str], port: int, cwd, env, ready_path: str = "/health"):
+        self.command, self.port, self.cwd, self.env, self.ready_path = command, port, cwd, env, ready_path
 
     def __enter__(self):
         self.process = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
@@ -163,7 +163,7 @@ class Server:
             if self.process.poll() is not None:
                 raise AssertionError(f"{self.command} exited:\n{self.process.stdout.read()}")
             try:
-                http(f"http://127.0.0.1:{self.port}/health", timeout=2)
+                http(f"http://127.0.0.1:{self.port}{self.ready_path}", timeout=2)
                 return f"http://127.0.0.1:{self.port}"
             except OSError:
                 time.sleep(0.5)

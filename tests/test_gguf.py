@@ -3,7 +3,9 @@
 ships as source only (a 5 to 10 minute build on 2 cores: see docs/reference.md) and skip where it is not
 installed."""
 
+import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -71,6 +73,7 @@ def test_an_instruction_models_gguf_keeps_its_chat_template_and_its_modelfile_ol
     assert ('TEMPLATE """Below is an instruction that describes a task. Write a response that appropriately '
             'completes the request.\n\n### Instruction:\n{{ .Prompt }}\n\n### Response:\n"""') in modelfile
     assert "PARAMETER temperature 0\n" in modelfile and "PARAMETER num_predict 256\n" in modelfile
+    assert "PARAMETER num_ctx 64\n" in modelfile  # llama.cpp aborts a GPT-2 that generates past its positions
 
 
 def test_bad_gguf_exports_are_refused_in_one_line_before_any_work(tmp_path, capsys):
@@ -165,3 +168,65 @@ def test_llama_cpp_applies_the_instruction_models_chat_template(tmp_path, tokeni
         assert prompt_tokens == len(tokenizer.encode(template.format_prompt("Say hi") + template.response))
     finally:
         engine.close()
+
+
+# -- an OpenAI-compatible endpoint from a real engine: llama.cpp's server --------------------------------
+
+def end_of_text_model() -> GPT:
+    """A tiny GPT whose every next token is <|endoftext|> (its final LayerNorm outputs one fixed vector, which
+    only that token's row of the head reads strongly)."""
+    model = gpt2_init_model()
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(1.0)
+        model.lm_head.weight[50256] = 10.0
+    return model
+
+
+@pytest.mark.slow
+def test_llama_cpps_openai_server_serves_the_instruction_model_to_the_openai_client_and_the_judge(tmp_path, tokenizer,
+                                                                                                   capsys):
+    pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed")
+    openai = pytest.importorskip("openai")
+    from conftest import Server, free_port
+
+    from gptcore.evaluation.judge import ask, check_judge
+    from gptcore.settings.judge import JudgeConfig
+
+    config = InstructConfig()
+    template = Template.of(config)
+    for name, model in (("instruct", gpt2_init_model()), ("ends", end_of_text_model())):
+        save_model(model, tmp_path / name)
+        save_instruct_info(tmp_path / name, template, config, {"base": "base"})
+        assert export(tmp_path / name, tmp_path / f"{name}.gguf") == 0
+    port = free_port()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(tmp_path / "instruct.gguf"), "--port",
+               str(port), "--n_ctx", "64", "--n_threads", "2", "--verbose", "false"]
+    with Server(command, port, tmp_path, dict(os.environ), ready_path="/v1/models") as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none")
+        messages = [{"role": "user", "content": "Say hi"}]
+        reply = client.chat.completions.create(model="gptcore", messages=messages, max_tokens=8, temperature=0)
+        prompt = template.format_prompt("Say hi") + template.response  # the chat template, applied by the server
+        assert reply.usage.prompt_tokens == len(tokenizer.encode(prompt))
+        ids = tokenizer.encode(prompt)
+        expected = generate(gpt2_init_model(), torch.tensor([ids]), 8, eos_id=50256)[0, len(ids):].tolist()
+        assert reply.choices[0].message.content == tokenizer.decode(expected)  # gptcore's greedy tokens
+        stream = client.chat.completions.create(model="gptcore", messages=messages, max_tokens=8, temperature=0,
+                                                stream=True)
+        assert "".join(chunk.choices[0].delta.content or "" for chunk in stream) == reply.choices[0].message.content
+        completion = client.completions.create(model="gptcore", prompt=prompt, max_tokens=8, temperature=0)
+        assert completion.choices[0].text == reply.choices[0].message.content
+    port = free_port()
+    command[command.index("--model") + 1], command[command.index("--port") + 1] = str(tmp_path / "ends.gguf"), str(port)
+    with Server(command, port, tmp_path, dict(os.environ), ready_path="/v1/models") as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none")
+        reply = client.chat.completions.create(model="gptcore", messages=[{"role": "user", "content": "Say hi"}],
+                                               max_tokens=8, temperature=0)
+        assert reply.choices[0].finish_reason == "stop" and reply.choices[0].message.content == ""
+        assert reply.usage.completion_tokens <= 1  # stopped at end-of-text, not at max_tokens
+        # the judge client speaks its API; it sends no max_tokens (as the book's), and llama.cpp aborts a GPT-2
+        # generating past its context (learned positions), so it asks the model that ends at once
+        judge = JudgeConfig(enabled=True, api="openai", url=f"{url}/v1/chat/completions", model="gptcore",
+                            timeout_seconds=60)
+        check_judge(judge)
+        assert ask(judge, "Say hi") == reply.choices[0].message.content

@@ -101,15 +101,18 @@ def add_tokenizer(writer, folder: Path) -> None:
     gguf.SpecialVocab(folder, load_merges=True, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
 
 
-def ollama_modelfile(gguf_name: str, generation: dict, template: tuple[str, str, str] | None) -> str:
+def ollama_modelfile(gguf_name: str, context_length: int, generation: dict,
+                     template: tuple[str, str, str] | None) -> str:
     """An Ollama Modelfile beside the GGUF: the file, the instruction template in Ollama's template syntax
-    (the prompt is the instruction; Ollama has no input field), end-of-text as the stop, the sampler."""
+    (the prompt is the instruction; Ollama has no input field), end-of-text as the stop, the sampler, and the
+    context the model learned positions for (llama.cpp aborts a GPT-2 that generates past it)."""
     lines = [f"FROM ./{gguf_name}", ""]
     if template:
         prompt, _, response = template
         text = (prompt + response).replace("{{", '{{ "{{" }}')
         lines += ['TEMPLATE """' + text.replace("{instruction}", "{{ .Prompt }}") + '"""', ""]
     lines.append(f'PARAMETER stop "{EOT_TOKEN}"')
+    lines.append(f"PARAMETER num_ctx {context_length}")
     lines.append(f"PARAMETER num_predict {generation['max_new_tokens']}")
     if generation.get("do_sample"):
         lines += [f"PARAMETER temperature {generation['temperature']}", f"PARAMETER top_k {generation['top_k']}",

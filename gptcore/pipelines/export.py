@@ -108,7 +108,8 @@ def export_gguf(source, out, weights: str, *, n_heads: int | None = None) -> tup
         export_folder(model.model, folder, generation=model.generation, template=model.template)
         path = write_gguf(folder, out, weights, name=Path(out).stem)
     modelfile = path.with_name("Modelfile")
-    atomic_write_text(modelfile, ollama_modelfile(path.name, model.generation, model.template))
+    atomic_write_text(modelfile, ollama_modelfile(path.name, model.model.config.context_length, model.generation,
+                                                  model.template))
     return path, modelfile
 
 
