@@ -1,5 +1,5 @@
 """`gptcore export-gguf`: llama.cpp's GGUF and an Ollama Modelfile. The file is read back with llama.cpp's own
-`gguf` reader here; the tests marked llama_cpp run it in llama.cpp itself through llama-cpp-python, which PyPI
+`gguf` reader here; the slow tests run it in llama.cpp itself through llama-cpp-python, which PyPI
 ships as source only (a 5 to 10 minute build on 2 cores: see docs/reference.md) and skip where it is not
 installed."""
 

@@ -34,11 +34,9 @@ def check_vocabulary(vocab_size: int) -> None:
 
 def write_gguf(hf_folder, out, weights: str = "f32", name: str = "gptcore") -> Path:
     """The GGUF of an exported Hugging Face GPT-2 folder (a language model; an instruction model keeps its
-    chat template), its 2-D weights as `weights` (f32 | f16 | q8_0), written atomically."""
+    chat template), its 2-D weights as `weights` (one of TYPES, checked by the caller), written atomically."""
     import gguf
 
-    if weights not in TYPES:
-        raise ConfigError(f"GGUF type {weights!r} is not one of {', '.join(TYPES)}")
     folder = Path(hf_folder)
     config = json.loads((folder / "config.json").read_text())
     check_vocabulary(config["vocab_size"])
@@ -63,7 +61,7 @@ def write_gguf(hf_folder, out, weights: str = "f32", name: str = "gptcore") -> P
             if hf_name.endswith(CONV1D_SUFFIXES):  # Conv1D (in, out) back to llama.cpp's (out, in)
                 tensor = np.ascontiguousarray(tensor.T)
             gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-            data, kind = quantized(gguf, gguf_name, tensor, quantization)
+            data, kind = quantized(gguf_name, tensor, quantization)
             writer.add_tensor(gguf_name, data, raw_dtype=kind)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -72,9 +70,11 @@ def write_gguf(hf_folder, out, weights: str = "f32", name: str = "gptcore") -> P
     return Path(out)
 
 
-def quantized(gguf, name: str, tensor: np.ndarray, quantization):
+def quantized(name: str, tensor: np.ndarray, quantization):
     """(data, type) as llama.cpp's converter stores a tensor: biases, norms, 1-D tensors and the position
     table in float32, other weights in the chosen type (float16 where a row does not fill q8_0's blocks)."""
+    import gguf
+
     if tensor.ndim <= 1 or not name.endswith(".weight") or name.endswith("_norm.weight") or \
             name.startswith(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.POS_EMBD]):
         quantization = gguf.GGMLQuantizationType.F32
