@@ -22,6 +22,7 @@ from .settings import default, doc
 from .settings.classify import CLASSIFY_TRAIN_DEFAULTS, CLASSIFY_TRAIN_DOCS, ClassifyConfig
 from .settings.data import DataConfig
 from .settings.evaluate import EvaluateConfig
+from .settings.export import ExportConfig
 from .settings.generate import GenerateConfig
 from .settings.instruct import INSTRUCT_TRAIN_DEFAULTS, INSTRUCT_TRAIN_DOCS, InstructConfig
 from .settings.judge import JudgeConfig
@@ -37,7 +38,8 @@ SECTIONS = {"data": (DataConfig,), "model": (ModelSource, ModelConfig), "train":
             "lora": (LoraConfig,), "evaluate": (EvaluateConfig,), "zero_shot": (ZeroShotConfig,),
             "generate": (GenerateConfig,), "tracking": (TrackingConfig,), "classify": (ClassifyConfig,),
             "classify_train": (TrainConfig,), "classify_lora": (LoraConfig,), "instruct": (InstructConfig,),
-            "instruct_train": (TrainConfig,), "instruct_lora": (LoraConfig,), "judge": (JudgeConfig,)}
+            "instruct_train": (TrainConfig,), "instruct_lora": (LoraConfig,), "instruct_export": (ExportConfig,),
+            "judge": (JudgeConfig,)}
 # a section that reuses another's dataclass: (that section, the title of this one, its own defaults, its own
 # docs of the keys whose defaults or meaning are its own)
 REUSED = {"classify_train": ("train", "the classifier's fine-tuning: the training loop's settings, the book's "
@@ -111,6 +113,7 @@ class Params:
     instruct: InstructConfig
     instruct_train: TrainConfig
     instruct_lora: LoraConfig
+    instruct_export: ExportConfig
     judge: JudgeConfig
 
 

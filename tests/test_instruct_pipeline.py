@@ -147,3 +147,35 @@ def test_the_served_instruction_model_takes_the_sampler_params_and_refuses_a_pro
                                                 "temperature = -3.0 is invalid")):
         assert status == 400 and reason in body["message"] and "stack_trace" not in body, body
     assert "longer than the model's context of 128 tokens; shorten it" in refused[0][1]["message"]
+
+
+def test_the_export_stage_writes_a_gguf_and_hugging_face_folder_when_asked_one_copy_shared_with_mlflow(project):
+    """Off by default (an empty output); `dvc exp run -S instruct_export...` runs only the export stage and leaves
+    the GGUF with its Modelfile and the Hugging Face folder, whose files the model's MLflow run holds as hard links."""
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    export = project / "data" / "instruct" / "export"
+    assert export.is_dir() and not any(export.iterdir())
+    ran = run(["dvc", "exp", "run", "stages/instruct/dvc.yaml", "-S", "instruct_export.gguf=q8_0",
+               "-S", "instruct_export.hugging_face=true"], project)
+    assert "Running stage 'stages/instruct/dvc.yaml:export-instructions'" in ran
+    assert "Running stage 'stages/instruct/dvc.yaml:finetune-instructions'" not in ran
+    reader = gguf.GGUFReader(export / "instruct-q8_0.gguf")
+    assert reader.get_field("general.architecture").contents() == "gpt2"
+    assert "ns.instruction" in reader.get_field("tokenizer.chat_template").contents()
+    assert {tensor.tensor_type.name for tensor in reader.tensors if tensor.name.endswith("attn_qkv.weight")} == {"Q8_0"}
+    modelfile = (export / "Modelfile").read_text()
+    assert modelfile.startswith("FROM ./instruct-q8_0.gguf\n") and "### Response:" in modelfile
+    assert "### Response:" in AutoTokenizer.from_pretrained(export / "hugging_face").chat_template
+    assert AutoModelForCausalLM.from_pretrained(export / "hugging_face").config.n_ctx == 128
+
+    client = mlflow_client(project)
+    experiment = client.get_experiment_by_name("gptcore-instruct")
+    (instruct_run,) = client.search_runs([experiment.experiment_id], "tags.task = 'instruction'")
+    logged = {a.path for a in client.list_artifacts(instruct_run.info.run_id, "export")}
+    assert logged == {"export/instruct-q8_0.gguf", "export/Modelfile", "export/hugging_face"}
+    artifacts = project / "mlruns" / "artifacts"
+    (linked,) = artifacts.rglob("export/instruct-q8_0.gguf")
+    assert linked.samefile(export / "instruct-q8_0.gguf")  # one copy: DVC's cache, the workspace and MLflow
+    assert (linked.parent / "hugging_face" / "model.safetensors").samefile(export / "hugging_face" / "model.safetensors")

@@ -1,7 +1,8 @@
 """A model gptcore made, where people run models: a complete Hugging Face folder of any of its models (the
 language model, the instruction model with its template as the chat template, the classifier as
 GPT2ForSequenceClassification, LoRA adapters merged) with a model card that says what made it, and
-llama.cpp's GGUF with an Ollama Modelfile beside it. `gptcore export-hf` and `gptcore export-gguf` run them.
+llama.cpp's GGUF with an Ollama Modelfile beside it. `gptcore export-hf` and `gptcore export-gguf` run them;
+the instruction pipeline's export stage writes them as DVC outputs and logs them to the model's MLflow run.
 """
 
 from __future__ import annotations
@@ -13,16 +14,20 @@ from pathlib import Path
 
 from ..atomic import atomic_write_text
 from ..errors import ConfigError, MissingInputError
-from ..formats.gguf import TYPES, check_vocabulary, ollama_modelfile, write_gguf
+from ..formats.gguf import check_vocabulary, ollama_modelfile, write_gguf
 from ..formats.hf_export import ClassifierHead, export_folder, generation_config
 from ..formats.loading import load_model
 from ..formats.model_folder import CLASSIFIER_FILE
 from ..model.gpt import GPT
 from ..model.lora import merge_lora
+from ..settings.export import GGUF_TYPES
 from ..settings.generate import GenerateConfig
 from ..tasks.classification import load_classifier
 from ..tasks.instruction_tuning import INSTRUCT_FILE, load_instruct_model
-from ..tracking.runs import recorded_run
+from ..params import Params
+from ..tracking.models import share_logged_files
+from ..tracking.runs import Tracker, recorded_run
+from .finetune import pipeline_tracking
 
 # the params that name what a model was made from, by pipeline: its base and its data
 MADE_FROM = (("classify.init_from", "classify.source"), ("instruct.init_from", "instruct.source"),
@@ -97,8 +102,8 @@ def export_gguf(source, out, weights: str, *, n_heads: int | None = None) -> tup
     """source as llama.cpp's GGUF at out (weights f32 | f16 | q8_0) and an Ollama Modelfile beside it; returns
     both paths. A classifier is refused: llama.cpp has no classification head."""
     check_output(out)
-    if weights not in TYPES:
-        raise ConfigError(f"--type {weights!r} is not a GGUF type gptcore writes; choose {', '.join(TYPES)}")
+    if weights not in GGUF_TYPES:
+        raise ConfigError(f"--type {weights!r} is not a GGUF type gptcore writes; choose {', '.join(GGUF_TYPES)}")
     if (Path(source) / CLASSIFIER_FILE).is_file():
         raise ConfigError(f"{source} is a classifier: llama.cpp has no classification head, so it has no GGUF; "
                           "export it for transformers (gptcore export-hf)")
@@ -111,6 +116,25 @@ def export_gguf(source, out, weights: str, *, n_heads: int | None = None) -> tup
     atomic_write_text(modelfile, ollama_modelfile(path.name, model.model.config.context_length, model.generation,
                                                   model.template))
     return path, modelfile
+
+
+def export_pipeline_model(params: Params, section: str, *, model_dir, out_dir) -> list[Path]:
+    """The model of params.yaml's pipeline `section` (instruct) in model_dir, exported as `<section>_export` says,
+    into out_dir: hugging_face/ and <section>-<type>.gguf with its Modelfile. What it wrote is logged to the model's
+    MLflow run (export/), its files hard links to out_dir's: one copy on disk. Returns the paths written."""
+    settings, out_dir = getattr(params, f"{section}_export"), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)  # DVC's output, empty when nothing is exported
+    written = []
+    if settings.hugging_face:
+        written.append(export_hugging_face(model_dir, out_dir / "hugging_face")[0])
+    if settings.gguf:
+        written.extend(export_gguf(model_dir, out_dir / f"{section}-{settings.gguf}.gguf", settings.gguf))
+    if written and params.tracking.enabled:
+        tracker = Tracker.attach(pipeline_tracking(params, section), model_dir, {}, f"export-{section}")
+        tracker.client.log_artifacts(tracker.run_id, str(out_dir), "export")
+        share_logged_files(f"{tracker.client.get_run(tracker.run_id).info.artifact_uri}/export", out_dir)
+        tracker.finish()
+    return written
 
 
 def model_card(model: Exportable, run_id: str | None, run) -> str:
