@@ -27,6 +27,7 @@ from .settings.generate import GenerateConfig
 from .settings.instruct import INSTRUCT_TRAIN_DEFAULTS, INSTRUCT_TRAIN_DOCS, InstructConfig
 from .settings.judge import JudgeConfig
 from .settings.lora import LoraConfig
+from .settings.preference import PREFERENCE_TRAIN_DEFAULTS, PREFERENCE_TRAIN_DOCS, PreferenceConfig
 from .settings.model import ModelConfig, ModelSource
 from .settings.tracking import TrackingConfig
 from .settings.train import TrainConfig
@@ -39,6 +40,7 @@ SECTIONS = {"data": (DataConfig,), "model": (ModelSource, ModelConfig), "train":
             "generate": (GenerateConfig,), "tracking": (TrackingConfig,), "classify": (ClassifyConfig,),
             "classify_train": (TrainConfig,), "classify_lora": (LoraConfig,), "instruct": (InstructConfig,),
             "instruct_train": (TrainConfig,), "instruct_lora": (LoraConfig,), "instruct_export": (ExportConfig,),
+            "preference": (PreferenceConfig,), "preference_train": (TrainConfig,), "preference_lora": (LoraConfig,),
             "judge": (JudgeConfig,)}
 # a section that reuses another's dataclass: (that section, the title of this one, its own defaults, its own
 # docs of the keys whose defaults or meaning are its own)
@@ -49,7 +51,10 @@ REUSED = {"classify_train": ("train", "the classifier's fine-tuning: the trainin
           "instruct_train": ("train", "the instruction fine-tuning: the training loop's settings, the book's "
                                       "chapter 7 by default", INSTRUCT_TRAIN_DEFAULTS, INSTRUCT_TRAIN_DOCS),
           "instruct_lora": ("lora", "the instruction model's adapters (the book's exercise 7.4: rank 16, alpha 16)",
-                            {}, {})}
+                            {}, {}),
+          "preference_train": ("train", "the preference tuning (DPO): the training loop's settings, the notebook's "
+                                        "by default", PREFERENCE_TRAIN_DEFAULTS, PREFERENCE_TRAIN_DOCS),
+          "preference_lora": ("lora", "the preference-tuned model's adapters", {}, {})}
 RENAMED = {"train.sampling": "train.windows"}
 HEADER = """\
 # gptcore pipeline parameters. Every key is defined, documented and validated in gptcore/settings/;
@@ -114,6 +119,9 @@ class Params:
     instruct_train: TrainConfig
     instruct_lora: LoraConfig
     instruct_export: ExportConfig
+    preference: PreferenceConfig
+    preference_train: TrainConfig
+    preference_lora: LoraConfig
     judge: JudgeConfig
 
 

@@ -1,13 +1,14 @@
-"""Stages finetune-classifier and finetune-instructions: <splits> + a pretrained model (<task>.init_from) ->
-<model> (the classifier, or the instruction model with its template), <metrics> (its last evaluation), <plots>
-(<task>_eval.csv, and the classifier's accuracies). A killed stage continues from its last checkpoint
-(<repo>/checkpoints/<task>-<run key>/) on the next run."""
+"""Stages finetune-classifier, finetune-instructions and tune-preferences: <splits> + a pretrained model
+(<task>.init_from) -> <model> (the classifier, or the instruction model with its template, or that model tuned by
+DPO), <metrics> (its last evaluation), <plots> (<task>_eval.csv, and the classifier's accuracies). A killed stage
+continues from its last checkpoint (<repo>/checkpoints/<task>-<run key>/) on the next run."""
 
-from gptcore.pipelines import classify, instruct
+from gptcore.pipelines import classify, instruct, preference
 from gptcore.pipelines.stage import run_stage, stage_arguments
 
-FINETUNE = {"classify": classify.finetune_classifier, "instruct": instruct.finetune_instructions}
-REPORTED = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
+FINETUNE = {"classify": classify.finetune_classifier, "instruct": instruct.finetune_instructions,
+            "preference": preference.tune_preferences}
+REPORTED = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_reward_margin")
 
 
 def main() -> None:

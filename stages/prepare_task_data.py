@@ -1,13 +1,16 @@
-"""Stages prepare-labelled and prepare-instructions: the fine-tuning data of --task (classify: the labelled
-table of params `classify`; instruct: the instruction entries of `instruct`) -> <out>/{train,validation,test}
-+ meta.json."""
+"""Stages prepare-labelled, prepare-instructions and prepare-preferences: the fine-tuning data of --task (classify:
+the labelled table of params `classify`; instruct: the instruction entries of `instruct`; preference: the
+preference entries of `preference`) -> <out>/{train,validation,test} + meta.json."""
 
-from gptcore.data.instructions import prepare_instructions
+from functools import partial
+
+from gptcore.data.instructions import PREFERENCE_FIELDS, prepare_instructions
 from gptcore.data.labelled import prepare_labelled
 from gptcore.pipelines.stage import run_stage, stage_arguments
 
 # task -> (what prepares its data, what meta.json counts)
-PREPARE = {"classify": (prepare_labelled, "rows"), "instruct": (prepare_instructions, "entries")}
+PREPARE = {"classify": (prepare_labelled, "rows"), "instruct": (prepare_instructions, "entries"),
+           "preference": (partial(prepare_instructions, section="preference", fields=PREFERENCE_FIELDS), "entries")}
 
 
 def main() -> None:

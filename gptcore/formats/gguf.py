@@ -19,7 +19,6 @@ from safetensors.numpy import load_file
 from ..atomic import atomic_path
 from ..errors import ConfigError
 from ..model.tokenizer import EOT_TOKEN
-from ..settings.export import GGUF_TYPES
 from ..settings.model import VOCAB_SIZE
 from .huggingface import CONV1D_SUFFIXES
 
@@ -33,7 +32,7 @@ def check_vocabulary(vocab_size: int) -> None:
 
 def write_gguf(hf_folder, out, weights: str = "f32", name: str = "gptcore") -> Path:
     """The GGUF of an exported Hugging Face GPT-2 folder (a language model; an instruction model keeps its
-    chat template), its 2-D weights as `weights` (one of GGUF_TYPES, checked by the caller), written atomically."""
+    chat template), its 2-D weights as `weights` (one of settings.export.GGUF_TYPES, checked by the caller), written atomically."""
     import gguf
 
     folder = Path(hf_folder)

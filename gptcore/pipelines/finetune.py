@@ -15,6 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
+from ..atomic import atomic_write_text
 from ..errors import keys_renamed
 from ..params import Params
 from ..settings.tracking import TrackingConfig
@@ -92,3 +93,22 @@ def log_evaluation(tracking: TrackingConfig, model_dir: Path, stage: str, metric
     for path in artifacts:
         tracker.log_artifact(path, "evaluation")
     tracker.finish()
+
+
+def write_responses(tracking: TrackingConfig, model_dir: Path, stage: str, out_dir: Path, answered: list[dict],
+                    markdown: str, stats: dict, metrics: dict | None = None) -> None:
+    """A pipeline's test responses -> out_dir/responses.json (the entries with their responses), responses.md and
+    generation.json; the table, the markdown and metrics (at the run's last step) to the model's MLflow run."""
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "responses.json", json.dumps(answered, indent=4, ensure_ascii=False) + "\n")
+    atomic_write_text(out_dir / "responses.md", markdown)
+    atomic_write_text(out_dir / "generation.json", json.dumps(stats, indent=2) + "\n")
+    if tracking.enabled:
+        tracker = Tracker.attach(tracking, model_dir, {}, stage)
+        tracker.log_table(pd.DataFrame(answered), "evaluation/responses.json")
+        tracker.log_artifact(out_dir / "responses.md", "evaluation")
+        if metrics:
+            tracker.log_metrics(metrics, tracker.last_step)
+        tracker.finish()

@@ -11,7 +11,6 @@ import shutil
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from ..atomic import atomic_write_text
@@ -29,8 +28,8 @@ from ..tasks.instruction_tuning import (InstructionModel, InstructionTuning, Tem
                                         response_loss, save_instruct_info)
 from ..tracking.models import log_instruction_model
 from ..tracking.plots import to_csv
-from ..tracking.runs import Tracker, repo_root
-from .finetune import finish_tracked, fit_tracked, log_evaluation, pipeline_tracking, run_key
+from ..tracking.runs import repo_root
+from .finetune import finish_tracked, fit_tracked, log_evaluation, pipeline_tracking, run_key, write_responses
 
 SECTIONS = ("instruct", "instruct_train", "instruct_lora", "tracking")
 
@@ -119,18 +118,11 @@ def generate_instruction_responses(params: Params, *, splits_dir: Path, model_di
     answered = [entry | {"model_response": response} for entry, response in zip(entries, responses)]
     stats |= {"responses": len(answered), "seconds": seconds, "tokens_per_second": stats["generated_tokens"] / seconds,
               "batch_size": params.instruct.generate_batch_size, "runtime": runtime.describe()}
-    out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "responses.json", json.dumps(answered, indent=4, ensure_ascii=False) + "\n")
-    atomic_write_text(out_dir / "responses.md", responses_markdown(
+    markdown = responses_markdown(
         answered, f"Test responses of the model fine-tuned from `{info['base']}`, greedy, {runtime.precision} "
-                  f"on {cpu_model() if runtime.device.type == 'cpu' else runtime.device}"))
-    atomic_write_text(out_dir / "generation.json", json.dumps(stats, indent=2) + "\n")
-    if params.tracking.enabled:
-        tracker = Tracker.attach(pipeline_tracking(params, "instruct"), model_dir, {}, "generate-responses")
-        tracker.log_table(pd.DataFrame(answered), "evaluation/responses.json")
-        tracker.log_artifact(out_dir / "responses.md", "evaluation")
-        tracker.log_metrics({"evaluate/generation_tokens_per_second": stats["tokens_per_second"]}, tracker.last_step)
-        tracker.finish()
+                  f"on {cpu_model() if runtime.device.type == 'cpu' else runtime.device}")
+    write_responses(pipeline_tracking(params, "instruct"), model_dir, "generate-responses", out_dir, answered, markdown,
+                    stats, {"evaluate/generation_tokens_per_second": stats["tokens_per_second"]})
     return stats
 
 

@@ -35,6 +35,17 @@ INSTRUCT_TRAIN_DOCS = fine_tuning_docs(
     checkpoint_every="steps between resume checkpoints (also at the end and on SIGTERM); 0 = only those")
 
 
+def max_new_tokens_setting():
+    """A pipeline's decoding of its test responses: the tokens of each, at most ..."""
+    return setting(256, "tokens generated per test response at most (greedy, stopping at <|endoftext|> or the "
+                        "model's context)", low=1)
+
+
+def generate_batch_size_setting():
+    """... and how many prompts decode together."""
+    return setting(16, "test prompts decoded together (batched, KV-cached); 1 = one at a time", low=1)
+
+
 def template_parts(config: "InstructConfig") -> tuple[str, str, str]:
     """(prompt, input section, response marker): instruct.template's, each replaced where set."""
     named = TEMPLATES[config.template]
@@ -75,10 +86,8 @@ class InstructConfig:
                                        "gpt2-xl (the book: gpt2-medium) | a model folder | a book model.pth")
     n_heads: int | None = book_heads_setting()
     drop_rate: float = setting(0.0, "dropout while fine-tuning (the book: 0)", low=0.0, high=1.0, high_open=True)
-    max_new_tokens: int = setting(256, "tokens generated per test response at most (greedy, stopping at "
-                                       "<|endoftext|> or the model's context)", low=1)
-    generate_batch_size: int = setting(16, "test prompts decoded together (batched, KV-cached); 1 = one at a time",
-                                       low=1)
+    max_new_tokens: int = max_new_tokens_setting()
+    generate_batch_size: int = generate_batch_size_setting()
     experiment: str = experiment_setting("gptcore-instruct")
     registered_model: str | None = registered_model_setting("gptcore-instruct")
 

@@ -7,10 +7,9 @@ from ..training.callbacks import RECORD_KEYS, TrainerCallback
 from .plots import CURVES
 from .runs import Tracker, as_metrics
 
-# per-step metrics: the curves of plots/train.csv and plots/eval.csv under "<file>/<column>", plus speed
+# per-step metrics: the curves of plots/train.csv under "train/<column>", plus speed; an evaluation's as "eval/<key>"
 STEP_METRICS = {f"train/{column}": key for column, key in CURVES["train"].items()} | \
     {"train/tokens_per_second": "tokens_per_second"}
-EVAL_METRICS = {f"eval/{column}": key for column, key in CURVES["eval"].items() if column != "tokens_seen"}
 
 
 class TrackingCallback(TrainerCallback):
@@ -31,9 +30,8 @@ class TrackingCallback(TrainerCallback):
         if record["step"] % self.log_every == 0:
             self.flush()
 
-    def on_eval(self, record: dict):
-        self.queue({name: record[key] for name, key in EVAL_METRICS.items()}, record["step"])
-        self.flush()
+    def on_eval(self, record: dict):  # the losses, and what else the task measures (DPO's rewards)
+        self.log_measured("eval", record)
 
     def on_epoch(self, record: dict):
         self.log_measured("eval", record)

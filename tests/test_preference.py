@@ -1,0 +1,175 @@
+"""DPO against the book's bonus notebook (../shared/reference/dpo-from-scratch.ipynb, its functions taken by name and
+run; nothing of it is copied here): the same split and prompts, the same batches and masks, the same losses and
+rewards at every evaluation from the same SFT weights, with the reference precomputed and per step; bad input.
+
+Tolerances: both sides compute in fp32 (the notebook's log_softmax over every position against gptcore's head on the
+scored positions only and a logsumexp; foreach against fused AdamW), ~1e-6 apart per forward pass; 1e-5 leaves room
+for that to grow over the steps compared. Token ids and masks are compared exactly.
+"""
+
+import json
+import sys
+import types
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from gptcore.data.instructions import prepare_instructions, read_split
+from gptcore.errors import ConfigError, GptcoreError
+from gptcore.formats.book import book_model
+from gptcore.model.gpt import GPT, ModelConfig
+from gptcore.params import ParamsError, validate
+from gptcore.settings.instruct import InstructConfig
+from gptcore.settings.preference import PREFERENCE_TRAIN_DEFAULTS, PreferenceConfig
+from gptcore.settings.train import TrainConfig
+from gptcore.tasks.instruction_tuning import Template
+from gptcore.tasks.preference_tuning import (PreferenceTuning, collate_preferences, dpo_loss, encode_preferences,
+                                             response_logprobs)
+from gptcore.training.trainer import Trainer
+
+pytest.importorskip("llms_from_scratch", reason="the book's package: pip install --no-deps llms-from-scratch")
+
+TINY = {"vocab_size": 50257, "context_length": 160, "emb_dim": 32, "n_heads": 2, "n_layers": 2, "drop_rate": 0.0,
+        "qkv_bias": True}
+FIELDS = ("instruction", "input", "chosen", "rejected")
+NOTEBOOK_DEFINES = ("format_input", "PreferenceDataset", "custom_collate_fn", "compute_dpo_loss", "compute_logprobs",
+                    "compute_dpo_loss_batch", "compute_dpo_loss_loader", "evaluate_dpo_loss_loader",
+                    "train_model_dpo_simple")
+
+
+@pytest.fixture(scope="module")
+def notebook(shared_dir):
+    """The notebook's functions, each cell that defines one run as it is; its split cell too (run on `data`)."""
+    cells = [''.join(cell["source"]) for cell in
+             json.loads((shared_dir / "reference" / "dpo-from-scratch.ipynb").read_text())["cells"]
+             if cell["cell_type"] == "code"]
+    # train_model_dpo_simple prints a sample of the notebook's global `model` after each epoch: not compared here
+    sys.modules["previous_chapters"] = types.SimpleNamespace(generate_and_print_sample=lambda **_: None)
+    namespace = {"model": None}
+    try:
+        for name in NOTEBOOK_DEFINES:
+            (cell,) = [c for c in cells if f"def {name}(" in c or f"class {name}(" in c]
+            exec(cell, namespace)
+    finally:
+        del sys.modules["previous_chapters"]
+    namespace["data"] = json.loads((shared_dir / "data" / "instruction-data-with-preference.json").read_text())
+    (split,) = [c for c in cells if "train_portion = " in c]
+    exec(split, namespace)
+    return namespace
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory, shared_dir):
+    folder = tmp_path_factory.mktemp("preferences")
+    prepare_instructions(PreferenceConfig(), folder, "preference", FIELDS)
+    return folder
+
+
+def test_the_split_and_every_prompt_equal_the_notebooks(notebook, splits, tokenizer):
+    template = Template.of(InstructConfig())  # the instruction model's: the notebook's format_input and marker
+    for name, part in (("train", "train_data"), ("validation", "val_data"), ("test", "test_data")):
+        expected = notebook[part]
+        assert read_split(splits, name) == [{field: entry[field] for field in FIELDS} for entry in expected]
+        assert [template.format_prompt(e["instruction"], e["input"]) for e in expected] == \
+               [notebook["format_input"](entry) for entry in expected]
+    assert [len(notebook[part]) for part in ("train_data", "test_data", "val_data")] == [935, 110, 55]
+    encoded = encode_preferences(notebook["train_data"], template, tokenizer, "notebook")
+    dataset = notebook["PreferenceDataset"](notebook["train_data"], tokenizer.encoding)
+    assert encoded.chosen == [item["chosen"] for item in dataset.encoded_texts]
+    assert encoded.rejected == [item["rejected"] for item in dataset.encoded_texts]
+    assert encoded.masked == [len(item["prompt"]) + 2 for item in dataset.encoded_texts]
+
+
+@pytest.mark.parametrize("max_length", [None, 100])
+def test_the_batches_and_masks_are_the_notebooks(notebook, tokenizer, max_length):
+    entries = notebook["train_data"][:24]
+    encoded = encode_preferences(entries, Template.of(InstructConfig()), tokenizer, "notebook")
+    dataset = notebook["PreferenceDataset"](entries, tokenizer.encoding)
+    for start in range(0, 24, 8):
+        rows = list(range(start, start + 8))
+        ours = collate_preferences(encoded, rows, pad_id=50256, max_length=max_length)
+        expected = notebook["custom_collate_fn"]([dataset[row] for row in rows], allowed_max_length=max_length,
+                                                 mask_prompt_tokens=True)
+        for got, key in zip(ours, ("chosen", "rejected", "chosen_mask", "rejected_mask")):
+            assert torch.equal(got, expected[key]), key
+
+
+def sft_model(seed: int = 123) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(ModelConfig(**TINY, tie_embeddings=False, init="torch_default"))
+
+
+def test_the_log_probabilities_and_the_loss_are_the_notebooks(notebook, tokenizer):
+    entries = notebook["train_data"][:8]
+    encoded = encode_preferences(entries, Template.of(InstructConfig()), tokenizer, "notebook")
+    chosen, rejected, chosen_mask, rejected_mask = collate_preferences(encoded, list(range(8)), pad_id=50256,
+                                                                       max_length=None)
+    policy, reference = sft_model(1), sft_model(2)
+    with torch.no_grad():
+        ours = response_logprobs(policy, chosen, rejected, chosen_mask, rejected_mask)
+        book = book_model(policy)
+        expected = [notebook["compute_logprobs"](book(ids), ids, mask) for ids, mask in
+                    ((chosen, chosen_mask), (rejected, rejected_mask))]
+        torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+        references = response_logprobs(reference, chosen, rejected, chosen_mask, rejected_mask)
+        for beta in (0.1, 0.5):
+            torch.testing.assert_close(dpo_loss(*ours, *references, beta),
+                                       notebook["compute_dpo_loss"](*expected, *references, beta=beta),
+                                       atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("reference", ["precomputed", "per_step"])
+def test_dpo_gives_the_notebooks_losses_and_rewards_at_every_evaluation(notebook, tokenizer, reference):
+    """train_model_dpo_simple on the notebook's loaders (in order, so both see the same batches) against the
+    Trainer on the PreferenceTuning task, from equal SFT weights: every loss and reward within 1e-5."""
+    train, val = notebook["train_data"][:40], notebook["val_data"][:16]
+    config = PreferenceConfig(reference=reference)
+    template = Template.of(InstructConfig())
+    loaders = [DataLoader(notebook["PreferenceDataset"](part, tokenizer.encoding), batch_size=8, shuffle=False,
+                          drop_last=drop_last, collate_fn=lambda batch: notebook["custom_collate_fn"](
+                              batch, allowed_max_length=160, mask_prompt_tokens=True))
+               for part, drop_last in ((train, True), (val, False))]
+    policy, frozen = book_model(sft_model()), book_model(sft_model()).eval()
+    torch.manual_seed(123)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3, weight_decay=0.01)  # a rate that moves a tiny model
+    book = notebook["train_model_dpo_simple"](policy, frozen, *loaders, optimizer, num_epochs=2, beta=0.1,
+                                              eval_freq=3, eval_iter=2, start_context="", tokenizer=None)
+
+    settings = TrainConfig(**{**PREFERENCE_TRAIN_DEFAULTS, "epochs": 2, "peak_lr": 1e-3, "eval_freq": 3,
+                              "eval_iter": 2, "shuffle": False, "precision": "fp32", "device": "cpu"})
+    task = PreferenceTuning(*(encode_preferences(part, template, tokenizer, config.mask) for part in (train, val)),
+                            config)
+    history = Trainer(sft_model(), settings, task).fit()
+    evals = {e["step"]: e for e in history["evals"]}
+    book_steps = [step for step in range(1, len(history["steps"]) + 1) if (step - 1) % 3 == 0]
+    assert len(history["steps"]) == 10 and len(book_steps) == len(book["train_losses"]) == 4
+    for ours, theirs in (("train_loss", "train_losses"), ("val_loss", "val_losses"),
+                         ("train_chosen_reward", "train_chosen_rewards"), ("val_chosen_reward", "val_chosen_rewards"),
+                         ("train_rejected_reward", "train_rejected_rewards"),
+                         ("val_rejected_reward", "val_rejected_rewards")):
+        torch.testing.assert_close([evals[step][ours] for step in book_steps], book[theirs], atol=1e-5, rtol=0)
+    assert book["val_chosen_rewards"][-1] - book["val_rejected_rewards"][-1] > 0  # the tuning moved the margin
+    assert evals[book_steps[-1]]["val_reward_margin"] == pytest.approx(
+        evals[book_steps[-1]]["val_chosen_reward"] - evals[book_steps[-1]]["val_rejected_reward"])
+
+
+def test_bad_preference_settings_and_entries_are_refused_in_one_line(tmp_path, tokenizer):
+    with pytest.raises(ParamsError, match=r"preference.beta = 0.0 is invalid; it must be a number > 0"):
+        validate({"preference": {"beta": 0.0}})
+    with pytest.raises(ParamsError, match=r"preference.reference = 'twice' is invalid"):
+        validate({"preference": {"reference": "twice"}})
+    entries = [{"instruction": "Say hi.", "input": "", "chosen": "Hi.", "rejected": "Go away."}] * 3
+    for broken, expected in (({"chosen": ""}, "entry 2 has no 'chosen' (preference.chosen_field)"),
+                             ({"rejected": None}, "entry 2 has no 'rejected' (preference.rejected_field)")):
+        path = tmp_path / "preferences.json"
+        path.write_text(json.dumps([entries[0], {**entries[0], **broken}, entries[0]]))
+        with pytest.raises(GptcoreError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+            prepare_instructions(PreferenceConfig(source=str(path), sha256=None), tmp_path / "out", "preference",
+                                 FIELDS)
+    long = [{"instruction": "word " * 150, "input": "", "chosen": "Yes.", "rejected": "No."}] * 8
+    task = PreferenceTuning(*(encode_preferences(long, Template.of(InstructConfig()), tokenizer, "notebook"),) * 2,
+                            PreferenceConfig())
+    settings = TrainConfig(**{**PREFERENCE_TRAIN_DEFAULTS, "precision": "fp32", "device": "cpu"})
+    with pytest.raises(ConfigError, match="train entry 1: its chosen response has no token to score within 160 tokens"):
+        Trainer(sft_model(), settings, task)
