@@ -3,6 +3,7 @@ metrics and MLflow run, the judge (reachable and not) and the served instruction
 
 import json
 import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -178,4 +179,5 @@ def test_the_export_stage_writes_a_gguf_and_hugging_face_folder_when_asked_one_c
     artifacts = project / "mlruns" / "artifacts"
     (linked,) = artifacts.rglob("export/instruct-q8_0.gguf")
     assert linked.samefile(export / "instruct-q8_0.gguf")  # one copy: DVC's cache, the workspace and MLflow
-    assert (linked.parent / "hugging_face" / "model.safetensors").samefile(export / "hugging_face" / "model.safetensors")
+    weights = Path("hugging_face", "model.safetensors")
+    assert (linked.parent / weights).samefile(export / weights)

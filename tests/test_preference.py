@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from gptcore.data.instructions import prepare_instructions, read_split
+from gptcore.data.instructions import PREFERENCE_FIELDS, prepare_instructions, read_split
 from gptcore.errors import ConfigError, GptcoreError
 from gptcore.formats.book import book_model
 from gptcore.model.gpt import GPT, ModelConfig
@@ -32,7 +32,6 @@ pytest.importorskip("llms_from_scratch", reason="the book's package: pip install
 
 TINY = {"vocab_size": 50257, "context_length": 160, "emb_dim": 32, "n_heads": 2, "n_layers": 2, "drop_rate": 0.0,
         "qkv_bias": True}
-FIELDS = ("instruction", "input", "chosen", "rejected")
 NOTEBOOK_DEFINES = ("format_input", "PreferenceDataset", "custom_collate_fn", "compute_dpo_loss", "compute_logprobs",
                     "compute_dpo_loss_batch", "compute_dpo_loss_loader", "evaluate_dpo_loss_loader",
                     "train_model_dpo_simple")
@@ -62,7 +61,7 @@ def notebook(shared_dir):
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory, shared_dir):
     folder = tmp_path_factory.mktemp("preferences")
-    prepare_instructions(PreferenceConfig(), folder, "preference", FIELDS)
+    prepare_instructions(PreferenceConfig(), folder, "preference", PREFERENCE_FIELDS)
     return folder
 
 
@@ -70,7 +69,7 @@ def test_the_split_and_every_prompt_equal_the_notebooks(notebook, splits, tokeni
     template = Template.of(InstructConfig())  # the instruction model's: the notebook's format_input and marker
     for name, part in (("train", "train_data"), ("validation", "val_data"), ("test", "test_data")):
         expected = notebook[part]
-        assert read_split(splits, name) == [{field: entry[field] for field in FIELDS} for entry in expected]
+        assert read_split(splits, name) == [{key: entry[key] for key in PREFERENCE_FIELDS} for entry in expected]
         assert [template.format_prompt(e["instruction"], e["input"]) for e in expected] == \
                [notebook["format_input"](entry) for entry in expected]
     assert [len(notebook[part]) for part in ("train_data", "test_data", "val_data")] == [935, 110, 55]
@@ -154,7 +153,7 @@ def test_dpo_gives_the_notebooks_losses_and_rewards_at_every_evaluation(notebook
         evals[book_steps[-1]]["val_chosen_reward"] - evals[book_steps[-1]]["val_rejected_reward"])
 
 
-def test_bad_preference_settings_and_entries_are_refused_in_one_line(tmp_path, tokenizer):
+def test_bad_preference_settings_and_entries_are_refused_in_one_line(tmp_path, tokenizer, capsys):
     with pytest.raises(ParamsError, match=r"preference.beta = 0.0 is invalid; it must be a number > 0"):
         validate({"preference": {"beta": 0.0}})
     with pytest.raises(ParamsError, match=r"preference.reference = 'twice' is invalid"):
@@ -166,7 +165,12 @@ def test_bad_preference_settings_and_entries_are_refused_in_one_line(tmp_path, t
         path.write_text(json.dumps([entries[0], {**entries[0], **broken}, entries[0]]))
         with pytest.raises(GptcoreError, match=expected.replace("(", r"\(").replace(")", r"\)")):
             prepare_instructions(PreferenceConfig(source=str(path), sha256=None), tmp_path / "out", "preference",
-                                 FIELDS)
+                                 PREFERENCE_FIELDS)
+    path.write_text(json.dumps(entries * 6 + [{**entries[0], "rejected": "Hi."}] * 2))
+    prepare_instructions(PreferenceConfig(source=str(path), sha256=None), tmp_path / "out", "preference",
+                         PREFERENCE_FIELDS)
+    assert capsys.readouterr().err == (f"warning: {path}: 2 of 20 entries have the same chosen and rejected response: "
+                                       "they prefer nothing (their DPO loss stays log 2); fix or remove them\n")
     long = [{"instruction": "word " * 150, "input": "", "chosen": "Yes.", "rejected": "No."}] * 8
     task = PreferenceTuning(*(encode_preferences(long, Template.of(InstructConfig()), tokenizer, "notebook"),) * 2,
                             PreferenceConfig())

@@ -20,11 +20,11 @@ from ..formats.loading import load_model
 from ..formats.model_folder import CLASSIFIER_FILE
 from ..model.gpt import GPT
 from ..model.lora import merge_lora
+from ..params import Params
 from ..settings.export import GGUF_TYPES
 from ..settings.generate import GenerateConfig
 from ..tasks.classification import load_classifier
 from ..tasks.instruction_tuning import INSTRUCT_FILE, load_instruct_model
-from ..params import Params
 from ..tracking.models import share_logged_files
 from ..tracking.runs import Tracker, recorded_run
 from .finetune import pipeline_tracking

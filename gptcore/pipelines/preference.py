@@ -14,6 +14,7 @@ import torch
 
 from ..atomic import atomic_write_text
 from ..data.instructions import read_split
+from ..errors import MissingInputError
 from ..evaluation.judge import rouge_l
 from ..formats.adapters import save_trained
 from ..formats.loading import load_model
@@ -22,7 +23,6 @@ from ..model.lora import apply_lora
 from ..model.runtime import setup_runtime
 from ..model.tokenizer import Tokenizer
 from ..params import Params
-from ..errors import MissingInputError
 from ..tasks.instruction_tuning import INSTRUCT_FILE, Template, load_instruct_model, respond, save_instruct_info
 from ..tasks.preference_tuning import (PreferenceTuning, encode_preferences, entry_logprobs, length_limit,
                                        reward_metrics)
@@ -116,8 +116,9 @@ def generate_preference_responses(params: Params, *, splits_dir: Path, model_dir
 def side_by_side(entries: list[dict], title: str) -> str:
     lines = [f"# {title}", ""]
     for number, entry in enumerate(entries, start=1):
-        lines += [f"## {number}. {entry['instruction']}", ""] + ([f"**Input:** {entry['input']}", ""] if entry["input"]
-                                                                  else [])
+        lines += [f"## {number}. {entry['instruction']}", ""]
+        if entry["input"]:
+            lines += [f"**Input:** {entry['input']}", ""]
         lines += [f"**Chosen:** {entry['chosen']}", "", f"**Rejected:** {entry['rejected']}", "",
                   f"**Before DPO:** {entry['reference_response']}", "", f"**After DPO:** {entry['policy_response']}",
                   ""]

@@ -19,9 +19,9 @@ REFERENCES = ("precomputed", "per_step")
 
 # the notebook's DPO: AdamW 5e-6, weight decay 0.01, 1 epoch of batch 8, no warmup, decay or clipping, losses and
 # rewards on 5 batches every 5 steps from step 1
-PREFERENCE_TRAIN_DEFAULTS = dict(epochs=1, batch_size=8, peak_lr=5e-6, initial_lr=1e-6, min_lr=1e-6, weight_decay=0.01, warmup_steps=0,
-                                 cosine_decay=False, max_grad_norm=0.0, eval_freq=5, eval_offset=1, eval_iter=5,
-                                 sample_prompt=None, sample_tokens=0, checkpoint_every=50)
+PREFERENCE_TRAIN_DEFAULTS = dict(epochs=1, batch_size=8, peak_lr=5e-6, initial_lr=1e-6, min_lr=1e-6, weight_decay=0.01,
+                                 warmup_steps=0, cosine_decay=False, max_grad_norm=0.0, eval_freq=5, eval_offset=1,
+                                 eval_iter=5, sample_prompt=None, sample_tokens=0, checkpoint_every=50)
 PREFERENCE_TRAIN_DOCS = {
     **fine_tuning_docs("entries", 1, 5, "the LoRA adapters", sample_prompt="greedy sample at each epoch end; null: "
                                                                            "none (the test responses are a stage)",

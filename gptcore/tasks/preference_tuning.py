@@ -93,7 +93,8 @@ def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejecte
     chosen and rejected rewards (policy - reference, no gradient)."""
     logits = (policy_chosen - policy_rejected) - (reference_chosen - reference_rejected)
     loss = -F.logsigmoid(beta * logits).mean()
-    return loss, (policy_chosen - reference_chosen).detach().mean(), (policy_rejected - reference_rejected).detach().mean()
+    chosen_reward, rejected_reward = policy_chosen - reference_chosen, policy_rejected - reference_rejected
+    return loss, chosen_reward.detach().mean(), rejected_reward.detach().mean()
 
 
 class PreferenceModel(nn.Module):
