@@ -95,6 +95,20 @@ def log_evaluation(tracking: TrackingConfig, model_dir: Path, stage: str, metric
     tracker.finish()
 
 
+def responses_markdown(entries: list[dict], title: str,
+                       shown: tuple[tuple[str, str], ...] = (("Reference", "output"), ("Model", "model_response"))) -> str:
+    """The test responses for a person to read: each instruction, its input, then each (label, key) of shown: the
+    reference and the model's by default."""
+    lines = [f"# {title}", ""]
+    for number, entry in enumerate(entries, start=1):
+        lines += [f"## {number}. {entry['instruction']}", ""]
+        if entry["input"]:
+            lines += [f"**Input:** {entry['input']}", ""]
+        for label, key in shown:
+            lines += [f"**{label}:** {entry[key]}", ""]
+    return "\n".join(lines)
+
+
 def write_responses(tracking: TrackingConfig, model_dir: Path, stage: str, out_dir: Path, answered: list[dict],
                     markdown: str, stats: dict, metrics: dict | None = None) -> None:
     """A pipeline's test responses -> out_dir/responses.json (the entries with their responses), responses.md and

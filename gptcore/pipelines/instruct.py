@@ -29,7 +29,8 @@ from ..tasks.instruction_tuning import (InstructionModel, InstructionTuning, Tem
 from ..tracking.models import log_instruction_model
 from ..tracking.plots import to_csv
 from ..tracking.runs import repo_root
-from .finetune import finish_tracked, fit_tracked, log_evaluation, pipeline_tracking, run_key, write_responses
+from .finetune import (finish_tracked, fit_tracked, log_evaluation, pipeline_tracking, responses_markdown, run_key,
+                       write_responses)
 
 SECTIONS = ("instruct", "instruct_train", "instruct_lora", "tracking")
 
@@ -91,17 +92,6 @@ def finetune_instructions(params: Params, *, splits_dir: Path, model_dir: Path, 
                    lambda: log_instruction_model(tracker, model_dir, settings.registered_model, example,
                                                  settings.max_new_tokens))
     return metrics | {"wall_seconds": seconds}
-
-
-def responses_markdown(entries: list[dict], title: str) -> str:
-    """The test responses for a person to read: each instruction, its input, the reference and the model's."""
-    lines = [f"# {title}", ""]
-    for number, entry in enumerate(entries, start=1):
-        lines += [f"## {number}. {entry['instruction']}", ""]
-        if entry["input"]:
-            lines += [f"**Input:** {entry['input']}", ""]
-        lines += [f"**Reference:** {entry['output']}", "", f"**Model:** {entry['model_response']}", ""]
-    return "\n".join(lines)
 
 
 def generate_instruction_responses(params: Params, *, splits_dir: Path, model_dir: Path, out_dir: Path) -> dict:

@@ -29,10 +29,14 @@ from ..tasks.preference_tuning import (PreferenceTuning, encode_preferences, ent
 from ..tracking.models import log_instruction_model
 from ..tracking.plots import to_csv
 from ..tracking.runs import repo_root
-from .finetune import finish_tracked, fit_tracked, log_evaluation, pipeline_tracking, run_key, write_responses
+from .finetune import (finish_tracked, fit_tracked, log_evaluation, pipeline_tracking, responses_markdown, run_key,
+                       write_responses)
 
 SECTIONS = ("preference", "preference_train", "preference_lora", "tracking")
 SIDES = ("reference", "policy")  # the model before DPO and after
+# what responses.md shows of each test entry, side by side
+SHOWN = (("Chosen", "chosen"), ("Rejected", "rejected"), ("Before DPO", "reference_response"),
+         ("After DPO", "policy_response"))
 
 
 def build_policy(params: Params):
@@ -106,23 +110,12 @@ def generate_preference_responses(params: Params, *, splits_dir: Path, model_dir
     stats["seconds"] = time.perf_counter() - started
     answered = [entry | {f"{side}_response": responses[side][index] for side in SIDES}
                 for index, entry in enumerate(entries)]
-    markdown = side_by_side(answered, f"Test responses before and after DPO, greedy, {runtime.precision} on "
-                                      f"{cpu_model() if runtime.device.type == 'cpu' else runtime.device}")
+    markdown = responses_markdown(answered, f"Test responses before and after DPO, greedy, {runtime.precision} on "
+                                            f"{cpu_model() if runtime.device.type == 'cpu' else runtime.device}",
+                                  SHOWN)
     write_responses(pipeline_tracking(params, "preference"), model_dir, "generate-preference-responses", out_dir,
                     answered, markdown, stats)
     return stats
-
-
-def side_by_side(entries: list[dict], title: str) -> str:
-    lines = [f"# {title}", ""]
-    for number, entry in enumerate(entries, start=1):
-        lines += [f"## {number}. {entry['instruction']}", ""]
-        if entry["input"]:
-            lines += [f"**Input:** {entry['input']}", ""]
-        lines += [f"**Chosen:** {entry['chosen']}", "", f"**Rejected:** {entry['rejected']}", "",
-                  f"**Before DPO:** {entry['reference_response']}", "", f"**After DPO:** {entry['policy_response']}",
-                  ""]
-    return "\n".join(lines)
 
 
 def evaluate_preferences(params: Params, *, splits_dir: Path, model_dir: Path, responses_dir: Path,
