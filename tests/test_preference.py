@@ -8,13 +8,12 @@ for that to grow over the steps compared. Token ids and masks are compared exact
 """
 
 import json
-import sys
-import types
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from benchmarks.dpo_notebook import notebook_functions
 from gptcore.data.instructions import PREFERENCE_FIELDS, prepare_instructions, read_split
 from gptcore.errors import ConfigError, GptcoreError
 from gptcore.formats.book import book_model
@@ -32,30 +31,12 @@ pytest.importorskip("llms_from_scratch", reason="the book's package: pip install
 
 TINY = {"vocab_size": 50257, "context_length": 160, "emb_dim": 32, "n_heads": 2, "n_layers": 2, "drop_rate": 0.0,
         "qkv_bias": True}
-NOTEBOOK_DEFINES = ("format_input", "PreferenceDataset", "custom_collate_fn", "compute_dpo_loss", "compute_logprobs",
-                    "compute_dpo_loss_batch", "compute_dpo_loss_loader", "evaluate_dpo_loss_loader",
-                    "train_model_dpo_simple")
 
 
 @pytest.fixture(scope="module")
 def notebook(shared_dir):
-    """The notebook's functions, each cell that defines one run as it is; its split cell too (run on `data`)."""
-    cells = [''.join(cell["source"]) for cell in
-             json.loads((shared_dir / "reference" / "dpo-from-scratch.ipynb").read_text())["cells"]
-             if cell["cell_type"] == "code"]
-    # train_model_dpo_simple prints a sample of the notebook's global `model` after each epoch: not compared here
-    sys.modules["previous_chapters"] = types.SimpleNamespace(generate_and_print_sample=lambda **_: None)
-    namespace = {"model": None}
-    try:
-        for name in NOTEBOOK_DEFINES:
-            (cell,) = [c for c in cells if f"def {name}(" in c or f"class {name}(" in c]
-            exec(cell, namespace)
-    finally:
-        del sys.modules["previous_chapters"]
-    namespace["data"] = json.loads((shared_dir / "data" / "instruction-data-with-preference.json").read_text())
-    (split,) = [c for c in cells if "train_portion = " in c]
-    exec(split, namespace)
-    return namespace
+    """The notebook's functions and split, its cells run as they are (benchmarks/dpo_notebook.py)."""
+    return notebook_functions(shared_dir)
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +158,49 @@ def test_bad_preference_settings_and_entries_are_refused_in_one_line(tmp_path, t
     settings = TrainConfig(**{**PREFERENCE_TRAIN_DEFAULTS, "precision": "fp32", "device": "cpu"})
     with pytest.raises(ConfigError, match="train entry 1: its chosen response has no token to score within 160 tokens"):
         Trainer(sft_model(), settings, task)
+
+
+@pytest.mark.slow
+def test_one_batchs_loss_is_trls_dpo_loss(notebook, tokenizer, tmp_path):
+    """TRL's DPOTrainer (its own forward, fused head and loss, in _compute_loss) on the Hugging Face exports of the
+    same policy and reference, with the notebook's masks as its completion mask: its `sigmoid` loss (summed
+    log-probabilities) and `sigmoid_norm` (their means: the notebook's form) equal dpo_loss of gptcore's
+    log-probabilities, and its precomputed reference sums equal gptcore's precomputed means times the counts.
+    fp32 on both sides; transformers' GPT-2 and gptcore's agree within ~1e-6 per log-probability, summed over up to
+    ~100 tokens: 1e-4 on sums, 1e-5 on losses."""
+    trl = pytest.importorskip("trl", reason="TRL, the reference DPO: pip install trl")
+    import transformers
+    from datasets import Dataset
+
+    from gptcore.formats.hf_export import write_tokenizer
+    from gptcore.formats.huggingface import export_hf
+
+    encoded = encode_preferences(notebook["train_data"][:8], Template.of(InstructConfig()), tokenizer, "notebook")
+    chosen, rejected, chosen_mask, rejected_mask = collate_preferences(encoded, list(range(8)), pad_id=50256,
+                                                                       max_length=None)
+    policy, reference = sft_model(1).eval(), sft_model(2).eval()
+    hf = {}
+    for name, model in (("policy", policy), ("reference", reference)):
+        export_hf(model, tmp_path / name)
+        hf[name] = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / name).eval()
+    write_tokenizer(tmp_path / "policy", max_length=160, pad_id=50256)
+    ids = torch.cat([chosen, rejected])
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+              "completion_mask": torch.cat([chosen_mask, rejected_mask]).long()}
+    counts = torch.cat([chosen_mask, rejected_mask])[:, 1:].sum(-1).double().chunk(2)
+    with torch.no_grad():
+        ours = response_logprobs(policy, chosen, rejected, chosen_mask, rejected_mask)
+        ours_reference = response_logprobs(reference, chosen, rejected, chosen_mask, rejected_mask)
+    sums = [[mean.double() * count for mean, count in zip(pair, counts)] for pair in (ours, ours_reference)]
+    for loss_type, expected in (("sigmoid", dpo_loss(*sums[0], *sums[1], 0.1)[0]),
+                                ("sigmoid_norm", dpo_loss(*ours, *ours_reference, 0.1)[0])):
+        config = trl.DPOConfig(output_dir=str(tmp_path / loss_type), loss_type=[loss_type], beta=0.1, use_cpu=True, bf16=False,
+                               report_to=[], precompute_ref_log_probs=False, max_length=None)
+        trainer = trl.DPOTrainer(hf["policy"], ref_model=hf["reference"], args=config,
+                                 train_dataset=Dataset.from_list([{"prompt": "Hi.", "chosen": " Hi.", "rejected": " No."}]),
+                                 processing_class=transformers.AutoTokenizer.from_pretrained(tmp_path / "policy"))
+        with torch.no_grad():
+            loss = trainer._compute_loss(trainer.model, dict(inputs), return_outputs=False)
+            trl_reference = trainer.compute_ref_log_probs(trainer.ref_model, dict(inputs))
+        torch.testing.assert_close(loss.double(), expected.double(), atol=1e-5, rtol=0)
+        torch.testing.assert_close([s.double() for s in trl_reference], sums[1], atol=1e-4, rtol=0)
