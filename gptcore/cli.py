@@ -1,4 +1,5 @@
-"""The `gptcore` command: generate, classify, instruct, eval, bench, export-hf, export-gguf, export-lfs, ui, info."""
+"""The `gptcore` command: generate, classify, instruct, eval, bench, export-hf, export-gguf, export-lfs, ui, recipe,
+info."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from .settings import default, doc, rule
 from .settings.bench import BenchConfig
 from .settings.evaluate import EvaluateConfig
 from .settings.generate import GenerateConfig
+from .settings.recipes import RECIPES
 from .settings.tracking import TrackingConfig
 from .settings.zero_shot import ZeroShotConfig
 
@@ -283,11 +285,23 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "where one can be started")
     ui.set_defaults(func=cmd_ui)
 
+    recipe = commands.add_parser("recipe", help="a ready experiment's params as dvc exp run options: dvc exp run -n "
+                                                "NAME $(gptcore recipe NAME)")
+    recipe.add_argument("name", choices=sorted(RECIPES), help="gpt2-124m: build-nanogpt's GPT-2 124M on FineWeb-Edu")
+    recipe.add_argument("--params", default="params.yaml", help="the params file they apply to (default: %(default)s)")
+    recipe.set_defaults(func=cmd_recipe)
+
     info = commands.add_parser("info", help="parameter count and config of a model")
     info.add_argument("model", nargs="?", default="models", help=MODEL_HELP)
     add_n_heads(info)
     info.set_defaults(func=cmd_info)
     return parser
+
+
+def cmd_recipe(args) -> None:
+    from .params import read_yaml, recipe_options
+
+    print(" ".join(recipe_options(args.name, read_yaml(Path(args.params)))))
 
 
 def main(argv=None) -> int:

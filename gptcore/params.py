@@ -8,6 +8,7 @@ them, keeping its values (after a setting is added, renamed or re-documented).
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import re
@@ -28,6 +29,7 @@ from .settings.instruct import INSTRUCT_TRAIN_DEFAULTS, INSTRUCT_TRAIN_DOCS, Ins
 from .settings.judge import JudgeConfig
 from .settings.lora import LoraConfig
 from .settings.preference import PREFERENCE_TRAIN_DEFAULTS, PREFERENCE_TRAIN_DOCS, PreferenceConfig
+from .settings.recipes import RECIPES
 from .settings.model import ModelConfig, ModelSource
 from .settings.tracking import TrackingConfig
 from .settings.train import TrainConfig
@@ -223,6 +225,23 @@ def render(values: dict) -> str:
             else:
                 lines += commented(f"  {name}: {yaml_scalar(value)}", described, "  ")
     return "\n".join(lines) + "\n"
+
+
+def recipe_options(name: str, values: dict) -> list[str]:
+    """A recipe's values as `dvc exp run` options (-S key=value), checked by validating `values` (a params file's)
+    with them applied: a recipe that no longer fits the definitions fails here, not in a stage."""
+    recipe = RECIPES[name]
+    changed = copy.deepcopy(values)
+    for key, (value, _) in recipe.items():
+        section, name_in_section = key.split(".")
+        changed[section][name_in_section] = value
+    validate(changed, f"recipe {name}")
+    return [option for key, (value, _) in recipe.items() for option in ("-S", f"{key}={flow_value(value)}")]
+
+
+def flow_value(value) -> str:
+    """A value as one shell word that DVC's -S reads back as YAML: a scalar, or a flow list [a,b]."""
+    return f"[{','.join(yaml_scalar(item) for item in value)}]" if isinstance(value, list) else yaml_scalar(value)
 
 
 def main(argv=None) -> int:

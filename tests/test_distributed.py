@@ -3,6 +3,7 @@
 import csv
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,9 +31,10 @@ def tokens(tmp_path_factory, shared_dir):
 
 
 def train_stage(run_dir: Path, tokens: Path, nproc: int, batch_size: int, grad_accum_steps: int = 1,
-                env: dict | None = None):
+                env: dict | None = None, nodes: int = 1):
     """Run stages/train.py as DVC would (tiny model, no dropout so the processes' RNGs do not matter; fp32
-    whatever the CPU: the comparisons below need 1e-5, which bf16's 2^-8 rounding cannot give)."""
+    whatever the CPU: the comparisons below need 1e-5, which bf16's 2^-8 rounding cannot give); with nodes > 1,
+    as on that many machines: torchrun started once per "node", meeting through a c10d rendezvous on 127.0.0.1."""
     params = read_yaml(REPO / "params.yaml")
     params["model"].update(preset="tiny", context_length=32, drop_rate=0.0)
     params["train"].update(epochs=None, max_steps=8, batch_size=batch_size, nproc=nproc, eval_freq=4, precision="fp32",
@@ -43,9 +45,22 @@ def train_stage(run_dir: Path, tokens: Path, nproc: int, batch_size: int, grad_a
     (run_dir / "params.yaml").write_text(yaml.safe_dump(params))
     (run_dir / "zero_shot.json").write_text("{}")  # the plan-zero-shot stage's: no measurement during training
     env = {**(env or os.environ), "DVC_ROOT": str(run_dir)}  # resume checkpoints go to <DVC_ROOT>/checkpoints
-    return subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "--params", "params.yaml",
-                           "--zero-shot-plan", "zero_shot.json", "--tokens", str(tokens), "--models", "models",
-                           "--metrics", "train.json", "--speed", "speed.json", "--plots", "plots"], cwd=run_dir, env=env, capture_output=True, text=True, timeout=600)
+    stage = [str(REPO / "stages" / "train.py"), "--params", "params.yaml", "--zero-shot-plan", "zero_shot.json",
+             "--tokens", str(tokens), "--models", "models", "--metrics", "train.json", "--speed", "speed.json",
+             "--plots", "plots"]
+    if nodes == 1:
+        return subprocess.run([sys.executable, *stage], cwd=run_dir, env=env, capture_output=True, text=True,
+                              timeout=600)
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", "--nproc-per-node=1",
+                "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=test-{port}"]
+    machines = [subprocess.Popen(torchrun + stage, cwd=run_dir, env={**env, "OMP_NUM_THREADS": "1"},
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(nodes)]
+    outputs = [machine.communicate(timeout=600) for machine in machines]
+    return subprocess.CompletedProcess(torchrun, max(m.returncode for m in machines),
+                                       "".join(out for out, _ in outputs), "".join(err for _, err in outputs))
 
 
 def column(path: Path, name: str) -> list[float]:
@@ -87,3 +102,19 @@ def test_two_processes_match_one_with_twice_the_batch_and_resume_exactly(tmp_pat
     straight = load_file(tmp_path / "ddp" / "models" / "model.safetensors")
     again = load_file(tmp_path / "resumed" / "models" / "model.safetensors")
     assert all(torch.equal(straight[name], again[name]) for name in straight)
+
+
+def test_two_machines_meeting_through_c10d_train_as_one_process(tmp_path, tokens):
+    """torchrun --nnodes 2 --nproc-per-node 1, each "machine" started on its own as under SLURM's srun: the same
+    curves as one process with the same global batch, and the same weights within float rounding."""
+    single = train_stage(tmp_path / "single", tokens, nproc=1, batch_size=4)
+    assert single.returncode == 0, single.stderr
+    nodes = train_stage(tmp_path / "nodes", tokens, nproc=1, batch_size=2, nodes=2)
+    assert nodes.returncode == 0, nodes.stderr
+    assert nodes.stdout.count("trained 8 steps") == 1  # the global rank 0 alone reports and writes
+    for name in ("loss", "grad_norm"):
+        assert column(tmp_path / "nodes" / "plots" / "train.csv", name) == pytest.approx(
+            column(tmp_path / "single" / "plots" / "train.csv", name), abs=1e-5)
+    one = load_file(tmp_path / "single" / "models" / "model.safetensors")
+    two = load_file(tmp_path / "nodes" / "models" / "model.safetensors")
+    assert all(torch.allclose(one[name], two[name], atol=1e-5) for name in one)

@@ -29,6 +29,10 @@ RUN_BY = {
         "tests/test_instruct_pipeline.py::test_the_pipeline_writes_the_books_splits_responses_and_metrics_in_one_tracked_run",
     "dvc repro stages/preference/dvc.yaml": "tests/test_preference_pipeline.py::"
         "test_the_pipeline_tunes_the_instruction_model_and_reports_rewards_beside_its_params",
+    "dvc exp run -n mydata -S data.source=":
+        "tests/test_recipe.py::test_the_recipe_trains_a_few_steps_on_a_small_parquet_set",
+    "dvc exp run -n gpt2-124m $(gptcore recipe gpt2-124m)":
+        "tests/test_recipe.py::test_the_recipe_prints_one_shell_word_per_option",
     "dvc exp run -n finetune -S model.init_from=":
         "tests/test_pipeline.py::test_fine_tunes_from_a_locally_saved_hugging_face_folder",
     "dvc exp run -S 'zero_shot.tasks=[lambada]'":

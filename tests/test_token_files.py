@@ -2,8 +2,8 @@ import json
 
 import numpy as np
 
-from gptcore.data.corpus import prepare_corpus, resolve_sources
-from gptcore.data.token_files import load_tokens, safe_cut, tokenize_file, tokenize_splits
+from gptcore.data.corpus import prepare_corpus, resolve_sources, safe_cut
+from gptcore.data.token_files import load_tokens, tokenize_file, tokenize_splits
 from gptcore.settings.data import VERDICT_SHA256, VERDICT_URL
 
 
@@ -11,7 +11,7 @@ def test_verdict_token_files(shared_dir, tmp_path, tokenizer):
     prepare_corpus(resolve_sources(VERDICT_URL, VERDICT_SHA256), tmp_path / "prepared")
     meta = tokenize_splits(tmp_path / "prepared", tmp_path / "tokens")
     train, val = load_tokens(tmp_path / "tokens" / "train.bin"), load_tokens(tmp_path / "tokens" / "val.bin")
-    assert isinstance(train, np.memmap) and train.dtype == np.uint16
+    assert isinstance(train.base, np.memmap) and train.dtype == np.uint16  # a view of the map
     assert meta["splits"]["train"]["tokens"] == len(train) == 4612
     assert meta["splits"]["val"]["tokens"] == len(val) == 534
     # the whole corpus is the seed's 5,145 tokens; cutting mid-word at 90 % adds one

@@ -18,10 +18,11 @@ from pathlib import Path
 from ..atomic import atomic_path, atomic_write_text
 from ..errors import GptcoreError
 from ..model.tokenizer import EOT_TOKEN
-from ..settings.data import DataConfig
 
 CHUNK_CHARS = 1 << 20  # text read at a time
 BLOCK_BYTES = 1 << 20  # bytes read at a time (checksums, downloads)
+SAFE_CUT_SEARCH = 1 << 16  # how far back from a chunk end to look for a safe cut
+SOURCE_SUFFIXES = (".txt", ".jsonl", ".parquet")  # the files a folder source is read for
 
 
 class CorpusError(GptcoreError, ValueError):
@@ -103,16 +104,17 @@ def mirror_copy(folder: Path, name: str, sha256: str) -> Path | None:
 
 
 def resolve_sources(source: str, sha256: str | None = None, cache_dir: Path | None = None) -> list[Path]:
-    """The text files of a source: an http(s) URL, a file, a folder (its *.txt, sorted) or a glob."""
+    """The files of a source: an http(s) URL, a file, a folder (its .txt, .jsonl or .parquet files, sorted) or a
+    glob."""
     if source.startswith(("http://", "https://")):
         return [fetch_url(source, sha256, "data.sha256", cache_dir)]
     path = Path(source).expanduser()
     if path.is_file():
         files = [path]
     elif path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SOURCE_SUFFIXES)
         if not files:
-            raise CorpusError(f"folder {path} holds no .txt files")
+            raise CorpusError(f"folder {path} holds no {', '.join(SOURCE_SUFFIXES)} files")
     elif glob.has_magic(source):
         files = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
         if not files:
@@ -139,6 +141,32 @@ def iter_text(path: Path, chunk_chars: int = CHUNK_CHARS):
                           f"convert it to UTF-8") from error
 
 
+def safe_cut(text: str) -> int:
+    """An index to cut text at without changing its GPT-2 tokens; len(text) when none is found."""
+    low = max(1, len(text) - SAFE_CUT_SEARCH)
+    position = text.rfind("\n", low, len(text) - 1)
+    while position > 0:
+        if not text[position - 1].isspace() and not text[position + 1].isspace():
+            return position + 1
+        position = text.rfind("\n", low, position)
+    return len(text)
+
+
+def iter_safe_chunks(path: Path, chunk_chars: int):
+    """Chunks of the file whose tokenizations concatenate to the whole file's."""
+    carry = ""
+    for block in iter_text(path, chunk_chars):
+        text = carry + block
+        cut = safe_cut(text)
+        if cut == len(text) and len(text) < 4 * chunk_chars:
+            carry = text  # no safe cut yet: keep reading (bounded, then cut anyway)
+            continue
+        carry = text[cut:]
+        yield text[:cut]
+    if carry:
+        yield carry
+
+
 def measure_text(path: Path) -> tuple[int, bool]:
     """(characters, whether any is not whitespace) of a text file."""
     chars, has_content = 0, False
@@ -154,11 +182,6 @@ def iter_documents_joined(paths: list[Path]):
         if index:
             yield EOT_TOKEN
         yield from iter_text(path)
-
-
-def prepare_data(data: DataConfig, out_dir) -> dict:
-    """The prepare stage: fetch or find the corpus, verify it, split it into out_dir (prepare_corpus)."""
-    return prepare_corpus(resolve_sources(data.source, data.sha256), out_dir, data.train_ratio)
 
 
 def prepare_corpus(paths: list[Path], out_dir, train_ratio: float = 0.9) -> dict:

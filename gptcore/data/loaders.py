@@ -7,6 +7,7 @@ Sliding windows (the book's GPTDataset) give exact epochs and suit small corpora
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -141,6 +142,14 @@ def make_dataloader(dataset: Dataset, *, batch_size: int, shuffle: bool, drop_la
                       generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory, collate_fn=collate_fn)
 
 
+def gather_windows(tokens, starts: np.ndarray, length: int) -> np.ndarray:
+    """Rows tokens[s:s + length] for each start, gathered at once: from a file's tokens through a strided view of
+    all its windows, from shards by ShardedTokens.windows (one gather per shard)."""
+    if isinstance(tokens, np.ndarray):
+        return sliding_window_view(tokens, length)[starts]
+    return tokens.windows(starts, length)
+
+
 class RandomWindows:
     """nanoGPT's get_batch: batch_size windows at uniformly random offsets, from a seeded generator.
 
@@ -160,7 +169,7 @@ class RandomWindows:
         starts = torch.randint(len(self.tokens) - self.context_length, (self.batch_size * self.world_size,),
                                generator=generator)
         starts = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-        windows = np.stack([self.tokens[s:s + self.context_length + 1] for s in starts.tolist()])
+        windows = gather_windows(self.tokens, starts.numpy(), self.context_length + 1)
         windows = torch.from_numpy(windows.astype(np.int64))
         inputs, targets = windows[:, :-1], windows[:, 1:]
         if self.pin_memory:  # contiguous: a strided view would reach the GPU through an unpinned copy

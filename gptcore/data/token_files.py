@@ -17,36 +17,9 @@ from ..atomic import atomic_path, atomic_write_text
 from ..errors import MissingInputError
 from ..machine import physical_cores
 from ..model.tokenizer import Tokenizer
-from .corpus import CHUNK_CHARS, CorpusError, iter_text, sha256_file
+from .corpus import CHUNK_CHARS, CorpusError, iter_safe_chunks, sha256_file
 
 TOKEN_DTYPE = np.uint16  # GPT-2's 50,257 ids fit in 16 bits
-SAFE_CUT_SEARCH = 1 << 16  # how far back from a chunk end to look for a safe cut
-
-
-def safe_cut(text: str) -> int:
-    """An index to cut text at without changing its GPT-2 tokens; len(text) when none is found."""
-    low = max(1, len(text) - SAFE_CUT_SEARCH)
-    position = text.rfind("\n", low, len(text) - 1)
-    while position > 0:
-        if not text[position - 1].isspace() and not text[position + 1].isspace():
-            return position + 1
-        position = text.rfind("\n", low, position)
-    return len(text)
-
-
-def iter_safe_chunks(path: Path, chunk_chars: int):
-    """Chunks of the file whose tokenizations concatenate to the whole file's."""
-    carry = ""
-    for block in iter_text(path, chunk_chars):
-        text = carry + block
-        cut = safe_cut(text)
-        if cut == len(text) and len(text) < 4 * chunk_chars:
-            carry = text  # no safe cut yet: keep reading (bounded, then cut anyway)
-            continue
-        carry = text[cut:]
-        yield text[:cut]
-    if carry:
-        yield carry
 
 
 def tokenize_file(text_path, bin_path, tokenizer: Tokenizer, *, threads: int = 2, chunk_chars: int = CHUNK_CHARS,
@@ -100,10 +73,10 @@ def tokenize_splits(prepared_dir, out_dir, threads: int | None = None, progress:
 
 
 def load_tokens(path) -> np.ndarray:
-    """The token file as a read-only memmap: nothing is loaded until sliced."""
+    """The token file memory-mapped, read-only: nothing is loaded until sliced."""
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"token file {path} not found; run the tokenize stage first")
     if path.stat().st_size == 0:
         return np.zeros(0, dtype=TOKEN_DTYPE)
-    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r")
+    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r").view(np.ndarray)  # a view's slices cost less (shards)

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.loaders import GPTDataset, make_dataloader, to_device
-from ..data.token_files import load_tokens
+from ..data.shards import load_split
 from ..model.gpt import GPT
 from ..model.runtime import Runtime
 from ..training import distributed
@@ -49,7 +49,7 @@ def evaluate_splits(model: GPT, tokens_dir: Path, *, batch_size: int, max_batche
     context = model.config.context_length
     metrics, tokens, seconds = {}, 0, 0.0
     for split in ("train", "val"):
-        windows = GPTDataset(load_tokens(Path(tokens_dir) / f"{split}.bin"), context, context, split)
+        windows = GPTDataset(load_split(tokens_dir, split), context, context, split)
         loader = make_dataloader(windows, batch_size=batch_size, shuffle=False, drop_last=False, seed=0,
                                  split=split)
         batches = len(loader) if max_batches is None else min(len(loader), max_batches)

@@ -3,8 +3,8 @@ params.
 
 Each writes its outputs atomically and adds to the pipeline's MLflow run: the train stage starts it
 (or re-attaches to it after an interruption) and records its id next to the model, the later stages
-find it there. (prepare and tokenize are gptcore.data.corpus.prepare_data and
-gptcore.data.token_files.tokenize_splits, which need no torch.)
+find it there. (prepare and tokenize are gptcore.data.documents.prepare_data and
+gptcore.data.token_files.tokenize_splits or gptcore.data.shards.tokenize_documents, which need no torch.)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_write_text
-from ..data.token_files import load_tokens
+from ..data.shards import load_split
 from ..evaluation.loss import evaluate_splits
 from ..evaluation.zero_shot import (SPEED, ZeroShotProbe, evaluate_tasks, flat_metrics, load_tasks, task_file,
                                     warn_of_cuts)
@@ -123,7 +123,7 @@ def train(params: Params, *, zero_shot_plan: Path, tokens_dir: Path, model_dir: 
             if params.tracking.enabled and ranks.is_main else None
         callbacks = [PrintProgress()] + \
             ([TrackingCallback(tracker, params.tracking.log_every, tracker.logged_through)] if tracker else [])
-        task = LanguageModeling(load_tokens(tokens_dir / "train.bin"), load_tokens(tokens_dir / "val.bin"), probe)
+        task = LanguageModeling(load_split(tokens_dir, "train"), load_split(tokens_dir, "val"), probe)
         trainer = Trainer(model, params.train, task, tokenizer=Tokenizer(), checkpoint_dir=checkpoint_dir,
                           callbacks=callbacks)
         if tracker:  # what the numbers were made on, known from the start of the run
