@@ -17,7 +17,10 @@ Checks (each prints one line, PASS or FAIL, with the measured numbers):
      compiled, and with gptcore's model compiled: the target peer, and the Trainer's own cost beside 5;
   7. the benchmark's side-by-side table on this card (`gptcore bench`'s rows, eager: training steps and
      evaluation passes at context 1024 in fp32 (TF32) and bf16 beside HF and nanoGPT, greedy decoding with
-     fp32 and bf16 weights beside HF's cached generate), for docs/benchmarks.md.
+     fp32 and bf16 weights beside HF's cached generate), for docs/benchmarks.md;
+  8. the GPT-2 124M recipe (`gptcore recipe gpt2-124m`: build-nanogpt's run) through the Trainer for its first
+     50 steps of 524,288 tokens, on random tokens in 10 shards read as the pipeline reads them: tokens/s and MFU,
+     beside nanoGPT's compiled loop of 6.
 The JSON is rewritten after each part, so a run stopped at its time limit keeps what it measured.
 Uses random tokens (no corpus, no tokenizer files) and no MLflow or DVC, so it runs on a bare GPU
 machine with PyTorch, safetensors, tiktoken, tqdm and numpy. On a CPU-only machine it exits 0 after
@@ -39,13 +42,17 @@ import torch
 
 from gptcore.bench import SCHEDULE, flops_per_token, format_table, matmul_peak, nanogpt_twin, run_benchmark
 from gptcore.data.loaders import RandomWindows
+from gptcore.data.shards import ShardedTokens, write_shards
 from gptcore.model.gpt import GPT, ModelConfig
 from gptcore.model.sampling import generate
+from gptcore.params import read_yaml, validate
+from gptcore.settings.recipes import GPT2_124M
 from gptcore.settings.train import TrainConfig
 from gptcore.tasks.language_modeling import LanguageModeling
 from gptcore.training.callbacks import TrainerCallback
 from gptcore.training.trainer import Trainer, TrainingInterrupted
 
+REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(n_layers=4, n_heads=4, emb_dim=256, context_length=128)
 
 
@@ -183,6 +190,33 @@ def loop_throughput(model, config: ModelConfig, device: str, compile_model: bool
             "mfu": mfu(model, config, tokens_per_second, peak_tflops)}
 
 
+def recipe_throughput(device: str, peak_tflops: float, steps: int, folder: Path, **overrides) -> dict:
+    """The GPT-2 124M recipe's params (params.yaml with the recipe applied, overrides after it: "train.batch_size"
+    = 2, say) through the Trainer for `steps` steps without evaluations, on random tokens cut into 10 shards and read
+    by ShardedTokens; tokens/s over the second half of the steps and MFU."""
+    values = read_yaml(REPO / "params.yaml")
+    for key, value in [*((key, value) for key, (value, _) in GPT2_124M.items()), *overrides.items(),
+                       ("train.max_steps", steps), ("train.warmup_steps", 1), ("train.eval_freq", 10 ** 6),
+                       ("train.sample_tokens", 0), ("train.checkpoint_every", 0), ("train.device", device)]:
+        section, name = key.split(".")
+        values[section][name] = value
+    params = validate(values, "the recipe")
+    config, train = params.model_config, params.train
+    tokens_per_step = train.batch_size * train.grad_accum_steps * config.context_length
+    paths = write_shards(random_tokens(tokens_per_step * (steps + 1)), folder, "train", 10)
+    torch.manual_seed(train.seed)
+    model = GPT(config)
+    trainer = Trainer(model, train, LanguageModeling(ShardedTokens(paths), random_tokens(4 * 1024 * 64, 1)))
+    history = trainer.fit()
+    seconds = [s["step_seconds"] for s in history["steps"]]
+    steady = statistics.median(seconds[len(seconds) // 2:])
+    return {"steps": steps, "tokens_per_step": tokens_per_step, "batch_size": train.batch_size,
+            "grad_accum_steps": train.grad_accum_steps, "compile": train.compile, "precision": trainer.runtime.precision,
+            "first_step_seconds": seconds[0], "median_step_seconds": steady,
+            "tokens_per_second": tokens_per_step / steady,
+            "mfu": mfu(model, config, tokens_per_step / steady, peak_tflops)}
+
+
 def side_by_side(device: str, nanogpt: Path | None, *, preset: str = "gpt2-small", context: int = 1024,
                  rounds: int = SCHEDULE.rounds, max_rounds: int = SCHEDULE.max_rounds,
                  precisions=("fp32", "bf16")) -> dict:
@@ -250,6 +284,14 @@ def main() -> int:
             print(f"{name} 124M ctx 1024 bf16 {'compiled' if compile_model else 'eager'} in nanoGPT's train.py loop: "
                   f"{json.dumps(row)}", flush=True)
             save(result)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            result["recipe"] = recipe_throughput(device, peak, 50, Path(folder))
+        print(f"GPT-2 124M recipe, first 50 steps: {json.dumps(result['recipe'])}", flush=True)
+    except Exception as error:
+        result["recipe"], failed = {"error": f"{type(error).__name__}: {error}"}, failed + 1
+        print(f"GPT-2 124M recipe: {result['recipe']['error']}", flush=True)
+    save(result)
     try:
         result["side_by_side"] = side_by_side(device, args.nanogpt)
         print(format_table(result["side_by_side"]), flush=True)

@@ -141,19 +141,14 @@ def batch_cost(tokens_dir: Path, work: Path, steps: int = 2000) -> dict:
     import torch
 
     from gptcore.data.loaders import RandomWindows
-    from gptcore.data.shards import ShardedTokens, load_split, shard_header
+    from gptcore.data.shards import ShardedTokens, load_split, write_shards
     from gptcore.data.token_files import load_tokens
 
     stream = load_split(tokens_dir, "train")
     stream = np.asarray(stream[0:len(stream)])
     one = work / "one.bin"
     stream.tofile(one)
-    paths = []
-    for index, part in enumerate(np.array_split(stream, 10)):
-        paths.append(work / f"train_{index:06d}.bin")
-        with open(paths[-1], "wb") as handle:
-            handle.write(shard_header({"format": 1, "dtype": "uint16", "tokenizer": "gpt2", "tokens": len(part)}))
-            part.tofile(handle)
+    paths = write_shards(stream, work, "train", 10)
     windows = {"one_file": RandomWindows(load_tokens(one), 1024, batch_size=64, seed=1),
                "ten_shards": RandomWindows(ShardedTokens(paths), 1024, batch_size=64, seed=1)}
     seconds = dict.fromkeys(windows, 0.0)

@@ -58,3 +58,13 @@ def test_the_side_by_side_table_runs_on_the_cpu():  # context 256: HF decodes 8 
             ("greedy generate", "gptcore", "int8"), ("greedy generate", "hf", "fp32")} <= measured
     table = gpu_check.format_table(result)
     assert table.startswith("Machine: ") and "| train step | 256 | 2 | fp32 |" in table
+
+
+def test_the_recipes_first_steps_run_through_the_trainer_from_shards_on_the_cpu(tmp_path):
+    """Part 8 with the model and batch scaled down (the card runs the recipe's own: 124M, 64 x 1,024 x 8)."""
+    scaled = {"model.preset": "tiny", "model.context_length": 64, "train.batch_size": 2, "train.grad_accum_steps": 2,
+              "train.compile": False, "train.precision": "fp32"}
+    row = gpu_check.recipe_throughput("cpu", 1.0, 4, tmp_path, **scaled)
+    assert row["tokens_per_step"] == 2 * 2 * 64 and row["steps"] == 4 and row["precision"] == "fp32"
+    assert row["tokens_per_second"] > 0 and 0 < row["mfu"] < 1
+    assert len(list(tmp_path.glob("train_*.bin"))) == 10

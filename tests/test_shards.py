@@ -17,7 +17,7 @@ from gptcore.data.corpus import CorpusError
 from gptcore.data.documents import prepare_data
 from gptcore.data.loaders import GPTDataset, RandomWindows
 from gptcore.data.shards import (HEADER_BYTES, MAGIC, ShardError, ShardedTokens, load_split, read_header,
-                                 shard_header, split_shards, tokenize_documents)
+                                 shard_header, split_shards, tokenize_documents, write_shards)
 from gptcore.settings.data import DataConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,15 +97,8 @@ def test_shards_read_as_the_one_file_they_cut(tmp_path):
     """Windows across a shard boundary and every batch of the book's and nanoGPT's samplers equal those of one
     file holding the same tokens."""
     stream = np.random.default_rng(0).integers(0, 50257, 10 * 997 + 13).astype(np.uint16)
-    paths = []
-    for index, start in enumerate(range(0, len(stream), 997)):
-        part = stream[start:start + 997]
-        paths.append(tmp_path / f"train_{index:06d}.bin")
-        with open(paths[-1], "wb") as handle:
-            handle.write(shard_header({"format": 1, "dtype": "uint16", "tokenizer": "gpt2", "tokens": len(part)}))
-            part.tofile(handle)
-    sharded = ShardedTokens(paths)
-    assert len(sharded) == len(stream) and len(paths) == 11
+    sharded = ShardedTokens(write_shards(stream, tmp_path, "train", 11))
+    assert len(sharded) == len(stream) and len(sharded.shards) == 11
     assert sharded[990:3000].tolist() == stream[990:3000].tolist()
     assert sharded[len(stream) - 5:len(stream) + 5].tolist() == stream[-5:].tolist()
     one, many = GPTDataset(stream, 64, 50), GPTDataset(sharded, 64, 50)

@@ -143,6 +143,19 @@ class ShardedTokens:
         return rows
 
 
+def write_shards(tokens: np.ndarray, folder: Path, split: str, count: int) -> list[Path]:
+    """A token array cut into `count` shards of about equal size in folder, with the header tokenize writes (for
+    data made otherwise: benchmarks, tests); their paths."""
+    paths = []
+    for index, part in enumerate(np.array_split(np.asarray(tokens, dtype=TOKEN_DTYPE), count)):
+        paths.append(Path(folder) / shard_name(split, index))
+        with open(paths[-1], "wb") as handle:
+            handle.write(shard_header({"format": SHARD_FORMAT, "dtype": np.dtype(TOKEN_DTYPE).name,
+                                       "tokenizer": TOKENIZER, "tokens": len(part), "split": split, "index": index}))
+            part.tofile(handle)
+    return paths
+
+
 def split_shards(tokens_dir: Path, split: str) -> list[Path]:
     return sorted(Path(tokens_dir).glob(f"{split}_[0-9]*.bin"))
 
