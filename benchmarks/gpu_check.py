@@ -45,8 +45,7 @@ from gptcore.data.loaders import RandomWindows
 from gptcore.data.shards import ShardedTokens, write_shards
 from gptcore.model.gpt import GPT, ModelConfig
 from gptcore.model.sampling import generate
-from gptcore.params import read_yaml, validate
-from gptcore.settings.recipes import GPT2_124M
+from gptcore.params import read_yaml, validate, with_recipe
 from gptcore.settings.train import TrainConfig
 from gptcore.tasks.language_modeling import LanguageModeling
 from gptcore.training.callbacks import TrainerCallback
@@ -194,13 +193,9 @@ def recipe_throughput(device: str, peak_tflops: float, steps: int, folder: Path,
     """The GPT-2 124M recipe's params (params.yaml with the recipe applied, overrides after it: "train.batch_size"
     = 2, say) through the Trainer for `steps` steps without evaluations, on random tokens cut into 10 shards and read
     by ShardedTokens; tokens/s over the second half of the steps and MFU."""
-    values = read_yaml(REPO / "params.yaml")
-    for key, value in [*((key, value) for key, (value, _) in GPT2_124M.items()), *overrides.items(),
-                       ("train.max_steps", steps), ("train.warmup_steps", 1), ("train.eval_freq", 10 ** 6),
-                       ("train.sample_tokens", 0), ("train.checkpoint_every", 0), ("train.device", device)]:
-        section, name = key.split(".")
-        values[section][name] = value
-    params = validate(values, "the recipe")
+    params = validate(with_recipe("gpt2-124m", read_yaml(REPO / "params.yaml"), **overrides | {
+        "train.max_steps": steps, "train.warmup_steps": 1, "train.eval_freq": 10 ** 6, "train.sample_tokens": 0,
+        "train.checkpoint_every": 0, "train.device": device}), "the recipe")
     config, train = params.model_config, params.train
     tokens_per_step = train.batch_size * train.grad_accum_steps * config.context_length
     paths = write_shards(random_tokens(tokens_per_step * (steps + 1)), folder, "train", 10)
@@ -211,7 +206,8 @@ def recipe_throughput(device: str, peak_tflops: float, steps: int, folder: Path,
     seconds = [s["step_seconds"] for s in history["steps"]]
     steady = statistics.median(seconds[len(seconds) // 2:])
     return {"steps": steps, "tokens_per_step": tokens_per_step, "batch_size": train.batch_size,
-            "grad_accum_steps": train.grad_accum_steps, "compile": train.compile, "precision": trainer.runtime.precision,
+            "grad_accum_steps": train.grad_accum_steps, "compile": train.compile,
+            "precision": trainer.runtime.precision,
             "first_step_seconds": seconds[0], "median_step_seconds": steady,
             "tokens_per_second": tokens_per_step / steady,
             "mfu": mfu(model, config, tokens_per_step / steady, peak_tflops)}

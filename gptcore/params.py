@@ -227,16 +227,21 @@ def render(values: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def with_recipe(name: str, values: dict, **overrides) -> dict:
+    """A copy of `values` (a params file's) with the recipe's values set, then `overrides` ({"train.batch_size": 2},
+    say, for a smaller machine)."""
+    changed = copy.deepcopy(values)
+    for key, value in [*((key, value) for key, (value, _) in RECIPES[name].items()), *overrides.items()]:
+        section, setting_name = key.split(".")
+        changed[section][setting_name] = value
+    return changed
+
+
 def recipe_options(name: str, values: dict) -> list[str]:
     """A recipe's values as `dvc exp run` options (-S key=value), checked by validating `values` (a params file's)
     with them applied: a recipe that no longer fits the definitions fails here, not in a stage."""
-    recipe = RECIPES[name]
-    changed = copy.deepcopy(values)
-    for key, (value, _) in recipe.items():
-        section, name_in_section = key.split(".")
-        changed[section][name_in_section] = value
-    validate(changed, f"recipe {name}")
-    return [option for key, (value, _) in recipe.items() for option in ("-S", f"{key}={flow_value(value)}")]
+    validate(with_recipe(name, values), f"recipe {name}")
+    return [option for key, (value, _) in RECIPES[name].items() for option in ("-S", f"{key}={flow_value(value)}")]
 
 
 def flow_value(value) -> str:

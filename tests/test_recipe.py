@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from gptcore.cli import main as gptcore
-from gptcore.params import read_yaml, validate, yaml_1_2
+from gptcore.params import read_yaml, validate, with_recipe, yaml_1_2
 from gptcore.settings.recipes import GPT2_124M
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,17 +42,12 @@ def test_the_recipe_trains_a_few_steps_on_a_small_parquet_set(tmp_path, shared_d
     entries = json.loads((shared_dir / "data" / "instruction-data.json").read_text())
     pq.write_table(pa.table({"text": [e["instruction"] + "\n\n" + e["output"] for e in entries]}),
                    tmp_path / "docs.parquet")
-    params = read_yaml(REPO / "params.yaml")
-    for key, (value, _) in GPT2_124M.items():
-        section, name = key.split(".")
-        params[section][name] = value
-    scaled = {"data": {"source": "docs.parquet", "shard_tokens": 20_000, "train_ratio": 0.9},
-              "train": {"max_steps": 2, "warmup_steps": 1, "batch_size": 1, "grad_accum_steps": 2, "eval_freq": 1,
-                        "eval_iter": 1, "compile": False, "precision": "fp32", "checkpoint_every": 1, "sample_tokens": 4},
-              "zero_shot": {"train_every": 2, "train_limit": 4},
-              "tracking": {"enabled": False}}
-    for section, values in scaled.items():
-        params[section].update(values)
+    scaled = {"data.source": "docs.parquet", "data.shard_tokens": 20_000, "data.train_ratio": 0.9,
+              "train.max_steps": 2, "train.warmup_steps": 1, "train.batch_size": 1, "train.grad_accum_steps": 2,
+              "train.eval_freq": 1, "train.eval_iter": 1, "train.compile": False, "train.precision": "fp32",
+              "train.checkpoint_every": 1, "train.sample_tokens": 4, "zero_shot.train_every": 2,
+              "zero_shot.train_limit": 4, "tracking.enabled": False}
+    params = with_recipe("gpt2-124m", read_yaml(REPO / "params.yaml"), **scaled)
     validate(params)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "DVC_ROOT": str(tmp_path), "PYTHONPATH": str(REPO)}

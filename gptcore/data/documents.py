@@ -199,6 +199,7 @@ def prepare_data(data: DataConfig, out_dir) -> dict:
     (prepare_documents)."""
     paths = resolve_sources(data.source, data.sha256)
     kind = source_kind(paths)
+    shutil.rmtree(out_dir, ignore_errors=True)  # no file of the other layout may stay (tokenize reads the manifest)
     layout = data.layout if data.layout != "auto" else "book" if kind == "text" else "shards"
     if layout == "book":
         if kind != "text":
@@ -225,6 +226,5 @@ def prepare_documents(reader: DocumentReader, paths: list[Path], data: DataConfi
                 "shard_tokens": data.shard_tokens, "documents": counted["documents"], "skipped": counted["skipped"],
                 "source_sha256": hashlib.sha256("".join(s["sha256"] for s in sources).encode()).hexdigest(),
                 "sources": sources}
-    shutil.rmtree(out_dir, ignore_errors=True)
     atomic_write_text(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest

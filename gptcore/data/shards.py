@@ -87,12 +87,11 @@ class ShardedTokens:
     across a boundary joined from both (what one file of all the tokens would give)."""
 
     def __init__(self, paths: list[Path]):
-        self.paths = paths
         # plain ndarray views of the maps: a memmap's slice costs a microsecond of bookkeeping, a view's a fifth
         self.shards = [np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES,
                                  shape=(read_header(path)["tokens"],)).view(np.ndarray) for path in paths]
-        self.bounds = np.cumsum([0] + [len(shard) for shard in self.shards])
-        self.starts = self.bounds.tolist()
+        self.bounds = np.cumsum([0] + [len(shard) for shard in self.shards])  # for the vectorised windows
+        self.starts = self.bounds.tolist()  # the same, for bisect on one slice
         self.window_views = {}  # window length -> each shard's strided view of all its windows
 
     def __len__(self):
@@ -117,7 +116,6 @@ class ShardedTokens:
             pieces.append(self.shards[shard][start - self.starts[shard]:start - self.starts[shard] + take])
             start, shard = start + take, shard + 1
         return np.concatenate(pieces)
-
 
     def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
         """Rows tokens[s:s + length] for each start: one gather per shard from its windows' strided view, a join
@@ -144,8 +142,8 @@ class ShardedTokens:
 
 
 def write_shards(tokens: np.ndarray, folder: Path, split: str, count: int) -> list[Path]:
-    """A token array cut into `count` shards of about equal size in folder, with the header tokenize writes (for
-    data made otherwise: benchmarks, tests); their paths."""
+    """A token array cut into `count` shards of about equal size in folder, with a header read_header accepts (for
+    tokens made otherwise: benchmarks, tests); their paths."""
     paths = []
     for index, part in enumerate(np.array_split(np.asarray(tokens, dtype=TOKEN_DTYPE), count)):
         paths.append(Path(folder) / shard_name(split, index))
